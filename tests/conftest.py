@@ -1,0 +1,44 @@
+"""Shared test settings: tolerances per dtype (in one place) and the optional peers."""
+import os
+
+import numpy as np
+import pytest
+
+# Compiled vs reference and fastrnn vs torch: both sides compute the same math in a
+# different order, so the error grows with T and H; these bounds hold for the sizes the
+# tests use (T <= 40, H <= 64) with values of order one.
+TOL = {
+    np.dtype(np.float32): dict(rtol=2e-4, atol=2e-5),
+    np.dtype(np.float64): dict(rtol=1e-9, atol=1e-11),
+}
+
+
+def tol(dtype):
+    return TOL[np.dtype(dtype)]
+
+
+def assert_close(actual, expected, dtype, what=""):
+    np.testing.assert_allclose(actual, expected, err_msg=what, **tol(dtype))
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("FASTRNN_REQUIRE_TORCH") == "1":
+            raise RuntimeError(
+                "FASTRNN_REQUIRE_TORCH=1 but torch is not importable: the parity tests "
+                "would be skipped"
+            )
+        return None
+    torch.set_num_threads(1)
+    return torch
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module, or skip the test (fail instead when FASTRNN_REQUIRE_TORCH=1)."""
+    mod = _torch()
+    if mod is None:
+        pytest.skip("torch is not installed")
+    return mod
