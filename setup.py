@@ -19,14 +19,18 @@ directives = {
     "embedsignature": True,
 }
 
-# -O3 lets gcc vectorise the pointwise loops for the baseline ISA; no -march=native so
-# that a wheel runs on any x86-64.
-extra_compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+# No -march=native, so that a wheel runs on any x86-64: the pointwise rows pick their ISA at
+# run time instead (_cellmath.h). -fno-trapping-math lets GCC if-convert (and so
+# vectorise) the clamps in them; nothing here reads floating-point exception flags.
+extra_compile_args = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 
 extensions = [
     Extension(
         "fastrnn._kernels",
         ["fastrnn/_kernels.pyx"],
+        include_dirs=["fastrnn"],
+        depends=["fastrnn/_cellmath.h", "fastrnn/_cellmath_rows.h", "fastrnn/_cellmath.pxd",
+                 "fastrnn/_blas.pxd"],
         extra_compile_args=extra_compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

@@ -24,7 +24,9 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
-from ._cellmath cimport dsigmoid, dtanh, sigmoid, tanh_
+from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
+                        gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
+                        rnn_row)
 
 cdef enum:
     RNN_TANH = 0
@@ -33,161 +35,6 @@ cdef enum:
     GRU = 3
 
 MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
-
-
-# ---------------------------------------------------------------------------------------
-# Pointwise rows, forward. `a` holds the input projection of the row on entry (without
-# bias) and the saved activations on exit; `gh` is the recurrent projection h @ W_hh^T.
-
-cdef inline void rnn_row(bint relu, Py_ssize_t H, floating *a, const floating *gh,
-                         const floating *bias, floating *hnew) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef floating v
-    for j in range(H):
-        v = a[j] + gh[j] + bias[j]
-        if relu:
-            hnew[j] = v if v > 0 else 0
-        else:
-            hnew[j] = tanh_(v)
-
-
-cdef inline void lstm_row(Py_ssize_t H, floating *a, const floating *gh,
-                          const floating *bias, floating *c, floating *m) noexcept nogil:
-    """c is updated in place; m = o * tanh(c) is h (or the input of the projection)."""
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o
-    for j in range(H):
-        i = sigmoid(a[j] + gh[j] + bias[j])
-        f = sigmoid(a[H + j] + gh[H + j] + bias[H + j])
-        g = tanh_(a[2 * H + j] + gh[2 * H + j] + bias[2 * H + j])
-        o = sigmoid(a[3 * H + j] + gh[3 * H + j] + bias[3 * H + j])
-        a[j] = i
-        a[H + j] = f
-        a[2 * H + j] = g
-        a[3 * H + j] = o
-        c[j] = f * c[j] + i * g
-        m[j] = o * tanh_(c[j])
-
-
-cdef inline void gru_after_row(Py_ssize_t H, floating *a, const floating *gh,
-                               const floating *bias, const floating *b_hn,
-                               const floating *hprev, floating *hnew) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef floating r, z, n, hn
-    for j in range(H):
-        r = sigmoid(a[j] + gh[j] + bias[j])
-        z = sigmoid(a[H + j] + gh[H + j] + bias[H + j])
-        hn = gh[2 * H + j] + b_hn[j]
-        n = tanh_(a[2 * H + j] + bias[2 * H + j] + r * hn)
-        a[j] = r
-        a[H + j] = z
-        a[2 * H + j] = n
-        a[3 * H + j] = hn
-        hnew[j] = (1 - z) * n + z * hprev[j]
-
-
-cdef inline void gru_before_gates(Py_ssize_t H, floating *a, const floating *gh,
-                                  const floating *bias, const floating *hprev) noexcept nogil:
-    """First half of the reset-before GRU: r, z and rh = r * h_prev (the input of W_hn)."""
-    cdef Py_ssize_t j
-    cdef floating r
-    for j in range(H):
-        r = sigmoid(a[j] + gh[j] + bias[j])
-        a[j] = r
-        a[H + j] = sigmoid(a[H + j] + gh[H + j] + bias[H + j])
-        a[3 * H + j] = r * hprev[j]
-
-
-cdef inline void gru_before_out(Py_ssize_t H, floating *a, const floating *ghn,
-                                const floating *bias, const floating *hprev,
-                                floating *hnew) noexcept nogil:
-    """Second half: n = tanh(x_n + W_hn rh + b_in + b_hn) and the new state."""
-    cdef Py_ssize_t j
-    cdef floating z, n
-    for j in range(H):
-        z = a[H + j]
-        n = tanh_(a[2 * H + j] + ghn[j] + bias[2 * H + j])
-        a[2 * H + j] = n
-        hnew[j] = (1 - z) * n + z * hprev[j]
-
-
-# ---------------------------------------------------------------------------------------
-# Pointwise rows, backward: from dh (the total gradient at h_t) to the pre-activation
-# gradients dG; `dhd` receives the part of dh_{t-1} that does not go through W_hh.
-
-cdef inline void rnn_drow(bint relu, Py_ssize_t H, const floating *h, const floating *dh,
-                          floating *dg) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(H):
-        if relu:
-            dg[j] = dh[j] if h[j] > 0 else 0
-        else:
-            dg[j] = dh[j] * dtanh(h[j])
-
-
-cdef inline void lstm_drow(Py_ssize_t H, const floating *a, const floating *c,
-                           const floating *cprev, const floating *dm, floating *dc,
-                           floating *dg) noexcept nogil:
-    """dc carries dL/dc_t in and dL/dc_{t-1} out."""
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, tc, dct
-    for j in range(H):
-        i = a[j]
-        f = a[H + j]
-        g = a[2 * H + j]
-        o = a[3 * H + j]
-        tc = tanh_(c[j])
-        dct = dc[j] + dm[j] * o * dtanh(tc)
-        dg[j] = dct * g * dsigmoid(i)
-        dg[H + j] = dct * cprev[j] * dsigmoid(f)
-        dg[2 * H + j] = dct * i * dtanh(g)
-        dg[3 * H + j] = dm[j] * tc * dsigmoid(o)
-        dc[j] = dct * f
-
-
-cdef inline void gru_after_drow(Py_ssize_t H, const floating *a, const floating *hprev,
-                                floating *dh, floating *dg) noexcept nogil:
-    """dh holds dL/dh_t in and the direct part z * dh of dL/dh_{t-1} out."""
-    cdef Py_ssize_t j
-    cdef floating r, z, n, hn, d, dn
-    for j in range(H):
-        r = a[j]
-        z = a[H + j]
-        n = a[2 * H + j]
-        hn = a[3 * H + j]
-        d = dh[j]
-        dn = d * (1 - z) * dtanh(n)
-        dg[j] = dn * hn * dsigmoid(r)
-        dg[H + j] = d * (hprev[j] - n) * dsigmoid(z)
-        dg[2 * H + j] = dn * r
-        dg[3 * H + j] = dn
-        dh[j] = d * z
-
-
-cdef inline void gru_before_drow1(Py_ssize_t H, const floating *a, const floating *hprev,
-                                  floating *dh, floating *dg) noexcept nogil:
-    """dz and dn from dL/dh_t; dh keeps the direct part z * dh."""
-    cdef Py_ssize_t j
-    cdef floating z, n, d
-    for j in range(H):
-        z = a[H + j]
-        n = a[2 * H + j]
-        d = dh[j]
-        dg[H + j] = d * (hprev[j] - n) * dsigmoid(z)
-        dg[2 * H + j] = d * (1 - z) * dtanh(n)
-        dh[j] = d * z
-
-
-cdef inline void gru_before_drow2(Py_ssize_t H, const floating *a, const floating *hprev,
-                                  const floating *drh, floating *dh,
-                                  floating *dg) noexcept nogil:
-    """dr from d(rh) = dn @ W_hn; rh = r * h_prev also sends r * d(rh) to h_prev."""
-    cdef Py_ssize_t j
-    cdef floating r
-    for j in range(H):
-        r = a[j]
-        dg[j] = drh[j] * hprev[j] * dsigmoid(r)
-        dh[j] += drh[j] * r
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,9 +187,10 @@ def forward(int mode, bint reset_after, bint reverse, bint training, Py_ssize_t 
                                   pout + (r0 + b) * Hout)
                     memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
                 else:
-                    rnn_row(mode == RNN_RELU, H, a + b * SH, pgh + b * GH, pb,
-                            pout + (r0 + b) * Hout)
-                    memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
+                    rnn_row(mode == RNN_RELU, H, a + b * SH, pgh + b * GH, pb)
+                    if not training:  # when training, a is the output row itself
+                        memcpy(pout + (r0 + b) * Hout, a + b * SH, H * sizeof(floating))
+                    memcpy(hp, a + b * SH, H * sizeof(floating))
             if P > 0:
                 # h = m @ W_hr^T for the active rows, straight into the carried state
                 m = pms + (r0 if training else 0) * H
