@@ -21,8 +21,9 @@ Arguments (the caller guarantees all of this; backends do not re-validate):
 
 - ``spec``: a :class:`CellSpec`.
 - ``params``: dict with the keys ``weight_ih (G*H, I)``, ``weight_hh (G*H, Hout)``,
-  ``bias_ih (G*H,)``, ``bias_hh (G*H,)`` and ``weight_hr (P, H)``; a missing bias or
-  projection is ``None``. ``Hout = P`` for an LSTM with projection, else ``H``.
+  ``bias_ih (G*H,)``, ``bias_hh (G*H,)`` and ``weight_hr (P, H)``; the biases are both
+  present or both ``None`` (``bias=False``), a missing projection is ``None``, and
+  ``0 < P < H``. ``Hout = P`` for an LSTM with projection, else ``H``.
 - ``x``: ``(N, I)`` packed input, ``N = sum(batch_sizes)``.
 - ``batch_sizes``: ``np.intp`` array ``(T,)``, non-increasing, ``batch_sizes[0] == B``.
 - ``h0``: ``(B, Hout)``; ``c0``: ``(B, H)`` for LSTM, else ``None``.
@@ -34,9 +35,10 @@ Arguments (the caller guarantees all of this; backends do not re-validate):
 - ``dh_n``: ``(B, Hout)``; ``dc_n``: ``(B, H)`` for LSTM, else ``None``. Zeros, never None,
   for the states that do exist.
 - ``dh_seq``: ``None``, or a writable ``(N, Hout)`` array that backward fills with the total
-  gradient of the loss with respect to each step's hidden state ``h_t`` (``dout[t]`` plus
-  what flows back from the later steps): the quantity the vanishing-gradient diagnostic
-  plots, taken from the BPTT loop that runs anyway.
+  gradient of the loss with respect to each step's hidden state ``h_t``: ``dout[t]`` plus
+  what flows back from the steps visited after t in the scan (lower t in the reverse
+  direction), which includes ``dh_n`` at each sequence's final step. It is the quantity
+  the vanishing-gradient diagnostic plots, taken from the BPTT loop that runs anyway.
 
 Every array is C-contiguous and of the layer's dtype (float32 or float64), possibly
 read-only; backends never write to their inputs. Returns are fresh arrays:
@@ -44,7 +46,9 @@ read-only; backends never write to their inputs. Returns are fresh arrays:
 ``dh0 (B, Hout)``, ``dc0 (B, H)`` or None, and ``grads``, a dict with the keys of the
 non-None entries of ``params`` and their shapes. ``h_n`` row ``b`` is the state after the
 last step sequence ``b`` took part in. ``saved`` is opaque: only the backend that made it
-reads it.
+reads it, and only reads it: backward may run several times on one ``saved``, from
+several threads at once. With ``T = 0`` the states pass through: ``h_n = h0``,
+``dh0 = dh_n``, and ``dx`` and the parameter gradients are empty or zero.
 """
 from __future__ import annotations
 
