@@ -1,0 +1,31 @@
+"""``python -m fastrnn COMMAND ...``: the demos and the benchmark."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m fastrnn COMMAND [options]
+
+commands:
+  demo NAME   run a demo (python -m fastrnn demo --help lists them)
+  bench       benchmark fastrnn against PyTorch and JAX (python -m fastrnn bench --help)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        from .demos import main as run
+    elif command == "bench":
+        from .bench import main as run
+    else:
+        print(f"unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
