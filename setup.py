@@ -29,7 +29,7 @@ extensions = [
         "fastrnn._kernels",
         ["fastrnn/_kernels.pyx"],
         include_dirs=["fastrnn"],
-        depends=["fastrnn/_cellmath.h", "fastrnn/_cellmath_rows.h", "fastrnn/_cellmath.pxd",
+        depends=["fastrnn/_cellmath.h", "fastrnn/_gemm.h", "fastrnn/_cellmath_rows.h", "fastrnn/_cellmath.pxd",
                  "fastrnn/_blas.pxd"],
         extra_compile_args=extra_compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -60,6 +60,15 @@ def _empty2(dtype, cols: int) -> np.ndarray:
     return np.empty((0, cols), dtype)
 
 
+def _pack_workspace(spec: CellSpec, dtype, backward: bool) -> np.ndarray:
+    """Room for the weights packed for the per-step GEMMs (float32 with AVX-512 only)."""
+    size = 0
+    if dtype == np.float32:
+        size = _kernels.packed_workspace(backward, spec.mode, spec.reset_after,
+                                         spec.hidden_size, spec.out_size, spec.proj_size)
+    return np.empty(size, dtype)
+
+
 def forward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, reverse: bool,
             training: bool):
     dtype = x.dtype
@@ -92,7 +101,8 @@ def forward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, reverse: bool,
     gh = np.empty((B, GH), dtype)
     _kernels.forward(_kernels.MODES[spec.mode], spec.reset_after, reverse, training, chunk,
                      x, batch_sizes, offsets, params["weight_ih"], params["weight_hh"],
-                     bias, b_hn, w_hr, h, c, out, gates, cs, ms, gh)
+                     bias, b_hn, w_hr, h, c, out, gates, cs, ms, gh,
+                     _pack_workspace(spec, dtype, backward=False))
     saved = (gates, cs, ms) if training else None
     return out, h, (c if lstm else None), saved
 
@@ -136,6 +146,7 @@ def backward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, out, saved, d
                       offsets, h0, c0_, params["weight_ih"], params["weight_hh"], w_hr, out,
                       gates, cs, ms, dout, dh, dc, dg, hprev, dhp, dm, dh_seq, dx,
                       grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
-                      grads["bias_hh"], grads["weight_hr"])
+                      grads["bias_hh"], grads["weight_hr"],
+                      _pack_workspace(spec, dtype, backward=True))
     grads = {k: v for k, v in grads.items() if params.get(k) is not None}
     return dx, dh, (dc if lstm else None), grads

@@ -24,6 +24,13 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
+
+cdef extern from "_gemm.h" nogil:
+    size_t fr_packed_size(long n, long k)
+    void fr_pack(int trans, long n, long k, const float *w, long ldw, float *packed)
+    void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
+                        const float *packed, float *c, long ldc, int accumulate)
+    int fr_gemm_packed_ok()
 from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
                         gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
                         rnn_row)
@@ -35,6 +42,59 @@ cdef enum:
     GRU = 3
 
 MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
+
+
+# ---------------------------------------------------------------------------------------
+# The per-step GEMMs: a few rows times a weight that is the same at every step. For float32
+# on AVX-512 machines the weight is packed once per call (_gemm.h); otherwise BLAS.
+
+cdef inline void step_gemm(const floating *packed, int m, int n, int k,
+                           const floating *a, int lda, bint trans_w, const floating *w,
+                           int ldw, bint accumulate, floating *c, int ldc) noexcept nogil:
+    """C (m x n) = A (m x k) @ op(W) [+ C]; op(W) = W^T (W stored n x k) if trans_w."""
+    if floating is float:
+        if packed != NULL:
+            fr_gemm_packed(m, n, k, a, lda, packed, c, ldc, accumulate)
+            return
+    gemm(False, trans_w, m, n, k, <floating> 1, a, lda, w, ldw,
+         <floating> (1 if accumulate else 0), c, ldc)
+
+
+cdef inline floating *pack_weight(floating *dst, bint trans_w, Py_ssize_t n, Py_ssize_t k,
+                                  const floating *w, Py_ssize_t ldw) noexcept nogil:
+    """Pack op(W) (k x n) at dst, or return NULL when packing is off (dst NULL, double)."""
+    if floating is float:
+        if dst != NULL:
+            fr_pack(trans_w, n, k, w, ldw, dst)
+            return dst
+    return NULL
+
+
+cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t H,
+                              Py_ssize_t Hout, Py_ssize_t P, Py_ssize_t *sizes) noexcept nogil:
+    """Floats for the packed W_hh block of the step GEMM, W_hn (reset-before GRU) and W_hr.
+
+    Forward multiplies by W^T, backward by W, so the packed shapes are transposed.
+    """
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t K = 2 * H if (mode == GRU and not reset_after) else G * H
+    if backward:
+        sizes[0] = fr_packed_size(Hout, K)
+        sizes[2] = fr_packed_size(H, P) if P > 0 else 0
+    else:
+        sizes[0] = fr_packed_size(K, Hout)
+        sizes[2] = fr_packed_size(P, H) if P > 0 else 0
+    sizes[1] = fr_packed_size(H, H) if (mode == GRU and not reset_after) else 0
+    return sizes[0] + sizes[1] + sizes[2]
+
+
+def packed_workspace(bint backward, str mode, bint reset_after, Py_ssize_t H,
+                     Py_ssize_t Hout, Py_ssize_t P):
+    """Length of the float32 `pack` workspace; 0 where the packed kernel cannot run."""
+    cdef Py_ssize_t sizes[3]
+    if not fr_gemm_packed_ok():
+        return 0
+    return _packed_sizes(backward, MODES[mode], reset_after, H, Hout, P, sizes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,13 +158,15 @@ def forward(int mode, bint reset_after, bint reverse, bint training, Py_ssize_t 
             floating[:, ::1] gates,
             floating[:, ::1] cs,
             floating[:, ::1] ms,
-            floating[:, ::1] gh):
+            floating[:, ::1] gh,
+            floating[::1] pack):
     """Run one direction of one layer over a packed batch (shapes in fastrnn/_compiled.py).
 
     h and c hold the initial states on entry and the final ones on exit. When training,
     gates (and cs, ms) receive the saved activations of every row; otherwise gates is a
     scratch of chunk_rows rows for the input projection and ms (projection only) a
-    scratch of B rows.
+    scratch of B rows. pack is the workspace of packed_workspace(False, ...) floats, or
+    empty to run the per-step GEMMs on BLAS.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     if T == 0:
@@ -132,7 +194,20 @@ def forward(int mode, bint reset_after, bint reverse, bint training, Py_ssize_t 
     cdef floating *a
     cdef floating *m
     cdef floating *hp
+    cdef Py_ssize_t sizes[3]
+    cdef floating *ppk = &pack[0] if pack.shape[0] > 0 else NULL
+    cdef floating *pk_hh = NULL
+    cdef floating *pk_hn = NULL
+    cdef floating *pk_hr = NULL
+    cdef bint gru_before = mode == GRU and not reset_after
     with nogil:
+        if ppk != NULL:
+            _packed_sizes(False, mode, reset_after, H, Hout, P, sizes)
+            pk_hh = pack_weight(ppk, True, 2 * H if gru_before else GH, Hout, pwhh, Hout)
+            if gru_before:
+                pk_hn = pack_weight(ppk + sizes[0], True, H, H, pwhh + 2 * H * Hout, Hout)
+            if P > 0:
+                pk_hr = pack_weight(ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
         for s in range(T):
             t = step_time(reverse, T, s)
             n = bs[t]
@@ -153,23 +228,22 @@ def forward(int mode, bint reset_after, bint reverse, bint training, Py_ssize_t 
                      <floating> 0, pgates, <int> SH)
                 chunk_end = s_end
             a = pgates + (r0 - row_base) * SH
-            if mode == GRU and not reset_after:
+            if gru_before:
                 # r and z first; n needs W_hn (r * h), a second GEMM on the critical path.
-                gemm(False, True, <int> n, <int> (2 * H), <int> Hout, <floating> 1, ph,
-                     <int> Hout, pwhh, <int> Hout, <floating> 0, pgh, <int> GH)
+                step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, ph, <int> Hout, True,
+                          pwhh, <int> Hout, False, pgh, <int> GH)
                 for b in range(n):
                     gru_before_gates(H, a + b * SH, pgh + b * GH, pb, ph + b * Hout)
-                gemm(False, True, <int> n, <int> H, <int> H, <floating> 1, a + 3 * H,
-                     <int> SH, pwhh + 2 * H * Hout, <int> Hout, <floating> 0,
-                     pgh + 2 * H, <int> GH)
+                step_gemm(pk_hn, <int> n, <int> H, <int> H, a + 3 * H, <int> SH, True,
+                          pwhh + 2 * H * Hout, <int> Hout, False, pgh + 2 * H, <int> GH)
                 for b in range(n):
                     hp = ph + b * Hout
                     gru_before_out(H, a + b * SH, pgh + b * GH + 2 * H, pb, hp,
                                    pout + (r0 + b) * Hout)
                     memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
                 continue
-            gemm(False, True, <int> n, <int> GH, <int> Hout, <floating> 1, ph, <int> Hout,
-                 pwhh, <int> Hout, <floating> 0, pgh, <int> GH)
+            step_gemm(pk_hh, <int> n, <int> GH, <int> Hout, ph, <int> Hout, True, pwhh,
+                      <int> Hout, False, pgh, <int> GH)
             for b in range(n):
                 hp = ph + b * Hout
                 if mode == LSTM:
@@ -194,8 +268,8 @@ def forward(int mode, bint reset_after, bint reverse, bint training, Py_ssize_t 
             if P > 0:
                 # h = m @ W_hr^T for the active rows, straight into the carried state
                 m = pms + (r0 if training else 0) * H
-                gemm(False, True, <int> n, <int> P, <int> H, <floating> 1, m, <int> H,
-                     pwhr, <int> H, <floating> 0, ph, <int> P)
+                step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
+                          False, ph, <int> P)
                 memcpy(pout + r0 * P, ph, n * P * sizeof(floating))
 
 
@@ -228,12 +302,14 @@ def backward(int mode, bint reset_after, bint reverse,
              floating[:, ::1] dw_hh,
              floating[::1] db_ih,
              floating[::1] db_hh,
-             floating[:, ::1] dw_hr):
+             floating[:, ::1] dw_hr,
+             floating[::1] pack):
     """BPTT for one direction of one layer (shapes in fastrnn/_compiled.py).
 
     dh and dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit. dg, hprev, dhp
     and dm are workspaces; dx and the weight gradients are overwritten, the bias
-    gradients must be zero on entry. dh_seq has N rows to fill, or none.
+    gradients must be zero on entry. dh_seq has N rows to fill, or none. pack is the
+    workspace of packed_workspace(True, ...) floats, or empty for BLAS.
     """
     cdef Py_ssize_t T = batch_sizes.shape[0]
     if T == 0:
@@ -277,7 +353,19 @@ def backward(int mode, bint reset_after, bint reverse,
     cdef const floating *dmrow
     # K: width of dGh, the block that multiplies W_hh (all of it but for reset-before GRU)
     cdef Py_ssize_t K = 2 * H if gru_before else GH
+    cdef Py_ssize_t sizes[3]
+    cdef floating *ppk = &pack[0] if pack.shape[0] > 0 else NULL
+    cdef floating *pk_hh = NULL
+    cdef floating *pk_hn = NULL
+    cdef floating *pk_hr = NULL
     with nogil:
+        if ppk != NULL:
+            _packed_sizes(True, mode, reset_after, H, Hout, P, sizes)
+            pk_hh = pack_weight(ppk, False, Hout, K, pwhh, Hout)
+            if gru_before:
+                pk_hn = pack_weight(ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout, Hout)
+            if P > 0:
+                pk_hr = pack_weight(ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
         for s in range(T - 1, -1, -1):
             t = step_time(reverse, T, s)
             n = bs[t]
@@ -293,8 +381,8 @@ def backward(int mode, bint reset_after, bint reverse,
             if P > 0:
                 # dW_hr needs every step's dh: keep them, take the GEMM after the loop
                 memcpy(pdhp + r0 * P, pdh, n * P * sizeof(floating))
-                gemm(False, False, <int> n, <int> H, <int> P, <floating> 1, pdh, <int> P,
-                     pwhr, <int> H, <floating> 0, pdm, <int> H)
+                step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh, <int> P, False, pwhr,
+                          <int> H, False, pdm, <int> H)
             for b in range(n):
                 row = r0 + b
                 if mode == LSTM:
@@ -314,17 +402,15 @@ def backward(int mode, bint reset_after, bint reverse,
                              pdg + row * SD)
             if gru_before:
                 # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
-                gemm(False, False, <int> n, <int> H, <int> H, <floating> 1,
-                     pdg + r0 * SD + 2 * H, <int> SD, pwhh + 2 * H * Hout, <int> Hout,
-                     <floating> 0, pdm, <int> H)
+                step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
+                          False, pwhh + 2 * H * Hout, <int> Hout, False, pdm, <int> H)
                 for b in range(n):
                     row = r0 + b
                     gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + b * H,
                                      pdh + b * Hout, pdg + row * SD)
             # dh_{t-1} = direct part (GRU) + dGh @ W_hh
-            gemm(False, False, <int> n, <int> Hout, <int> K, <floating> 1, pdg + r0 * SD,
-                 <int> SD, pwhh, <int> Hout, <floating> (1 if mode == GRU else 0), pdh,
-                 <int> Hout)
+            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
+                      pwhh, <int> Hout, mode == GRU, pdh, <int> Hout)
 
         # Merged GEMMs over all timesteps. dGx columns: [0, GH) except for the
         # reset-after GRU, where the n block of dGx is column block 3 of dG.

@@ -1,0 +1,151 @@
+/* A small float32 GEMM for the recurrent step, with the weight packed once per call.
+ *
+ * Each step of the time loop multiplies a few rows (the batch) by the same weight
+ * (W_hh^T forward, W_hh backward). BLAS packs that weight again on every call, which
+ * for a batch of 64 and a 2048 x 512 weight costs about as much as the arithmetic, and
+ * for a batch of 1 its per-call overhead is most of a step. Here the weight is packed
+ * once into panels of FR_NR columns:
+ *
+ *     panel p, row k, column c  =  op(W)[k, p*FR_NR + c]      (zero past the last column)
+ *
+ * and a register-blocked kernel (up to FR_MR rows x FR_NR columns of C held in
+ * registers across the whole k loop) streams each panel once per block of rows.
+ *
+ * The kernel is AVX-512 only, selected at run time; elsewhere fr_gemm_packed_ok()
+ * returns 0 and the caller uses BLAS, so the code runs on any x86-64.
+ */
+#ifndef FASTRNN_GEMM_H
+#define FASTRNN_GEMM_H
+
+#include <stddef.h>
+
+#define FR_NR 64 /* panel width: 4 zmm registers of 16 floats */
+#define FR_MR 6  /* rows per block: 6 x 4 = 24 accumulators of the 32 zmm registers */
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTRNN_NO_AVX512)
+#define FR_HAVE_KERNEL 1
+#include <immintrin.h>
+#else
+#define FR_HAVE_KERNEL 0
+#endif
+
+/* Floats needed to pack a weight with n output columns and k rows. */
+static inline size_t fr_packed_size(long n, long k)
+{
+    return (size_t)((n + FR_NR - 1) / FR_NR) * FR_NR * (size_t)k;
+}
+
+/* Pack op(W) (k x n) for the kernel. trans != 0: W is stored (n x k) with row stride ldw,
+ * as torch stores weights, and op(W) = W^T. trans == 0: W is stored (k x n). */
+static void fr_pack(int trans, long n, long k, const float *w, long ldw, float *packed)
+{
+    long panels = (n + FR_NR - 1) / FR_NR;
+    for (long p = 0; p < panels; p++) {
+        float *dst = packed + p * FR_NR * k;
+        for (long c = 0; c < FR_NR; c++) {
+            long col = p * FR_NR + c;
+            if (col >= n) {
+                for (long kk = 0; kk < k; kk++)
+                    dst[kk * FR_NR + c] = 0.0f;
+            } else if (trans) {
+                /* a row of W is a column of the panel: read it contiguously */
+                for (long kk = 0; kk < k; kk++)
+                    dst[kk * FR_NR + c] = w[col * ldw + kk];
+            } else {
+                for (long kk = 0; kk < k; kk++)
+                    dst[kk * FR_NR + c] = w[kk * ldw + col];
+            }
+        }
+    }
+}
+
+#if FR_HAVE_KERNEL
+
+static int fr_cpu_ok = -1;
+
+static int fr_gemm_packed_ok(void)
+{
+    if (fr_cpu_ok < 0) {
+        __builtin_cpu_init();
+        fr_cpu_ok = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return fr_cpu_ok;
+}
+
+/* One block: rows [0, MR) of a (row stride lda) times one panel, into C (stride ldc),
+ * writing ncols <= FR_NR columns. MR is a compile-time constant at every call site so
+ * the accumulators stay in registers. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+fr_block(const int MR, long k, const float *a, long lda, const float *panel, float *c,
+         long ldc, long ncols, int accumulate)
+{
+    __m512 acc[FR_MR][4];
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < 4; v++)
+            acc[i][v] = _mm512_setzero_ps();
+    for (long kk = 0; kk < k; kk++) {
+        const float *bp = panel + kk * FR_NR;
+        __m512 b0 = _mm512_loadu_ps(bp);
+        __m512 b1 = _mm512_loadu_ps(bp + 16);
+        __m512 b2 = _mm512_loadu_ps(bp + 32);
+        __m512 b3 = _mm512_loadu_ps(bp + 48);
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i * lda + kk]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(ai, b3, acc[i][3]);
+        }
+    }
+    for (int v = 0; v < 4; v++) {
+        long left = ncols - 16 * v;
+        if (left <= 0)
+            break;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        for (int i = 0; i < MR; i++) {
+            float *cp = c + i * ldc + 16 * v;
+            __m512 r = acc[i][v];
+            if (accumulate)
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, cp));
+            _mm512_mask_storeu_ps(cp, m, r);
+        }
+    }
+}
+
+/* C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W) [+ C if accumulate],
+ * with op(W) packed by fr_pack. */
+__attribute__((target("avx512f"))) static void
+fr_gemm_packed(long m, long n, long k, const float *a, long lda, const float *packed,
+               float *c, long ldc, int accumulate)
+{
+    long panels = (n + FR_NR - 1) / FR_NR;
+    for (long p = 0; p < panels; p++) {
+        const float *panel = packed + p * FR_NR * k;
+        long ncols = n - p * FR_NR < FR_NR ? n - p * FR_NR : FR_NR;
+        float *cp = c + p * FR_NR;
+        long i = 0;
+        for (; i + FR_MR <= m; i += FR_MR)
+            fr_block(FR_MR, k, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols, accumulate);
+        switch (m - i) {
+        case 5: fr_block(5, k, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols, accumulate); break;
+        case 4: fr_block(4, k, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols, accumulate); break;
+        case 3: fr_block(3, k, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols, accumulate); break;
+        case 2: fr_block(2, k, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols, accumulate); break;
+        case 1: fr_block(1, k, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols, accumulate); break;
+        default: break;
+        }
+    }
+}
+
+#else
+
+static inline int fr_gemm_packed_ok(void) { return 0; }
+static void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
+                           const float *packed, float *c, long ldc, int accumulate)
+{
+    (void)m; (void)n; (void)k; (void)a; (void)lda; (void)packed; (void)c; (void)ldc;
+    (void)accumulate;
+}
+
+#endif
+#endif
