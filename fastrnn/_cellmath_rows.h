@@ -12,7 +12,7 @@ FR_CLONES static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
 {
     for (long j = 0; j < H; j++) {
         FR_T u = v[j] + gh[j] + bias[j];
-        v[j] = relu ? (u > 0 ? u : 0) : FR_TANH(u);
+        v[j] = relu ? (u < 0 ? 0 : u) : FR_TANH(u); /* NaN stays NaN, as in torch */
     }
 }
 
