@@ -27,10 +27,10 @@ extra_compile_args = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math", "
 extensions = [
     Extension(
         "fastrnn._kernels",
-        ["fastrnn/_kernels.pyx"],
+        ["src/fastrnn/_kernels.pyx"],
         include_dirs=["fastrnn"],
-        depends=["fastrnn/_cellmath.h", "fastrnn/_gemm.h", "fastrnn/_cellmath_rows.h", "fastrnn/_cellmath.pxd",
-                 "fastrnn/_blas.pxd"],
+        depends=["src/fastrnn/_cellmath.h", "src/fastrnn/_gemm.h", "src/fastrnn/_cellmath_rows.h", "src/fastrnn/_cellmath.pxd",
+                 "src/fastrnn/_blas.pxd"],
         extra_compile_args=extra_compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
