@@ -22,10 +22,11 @@ import numpy as np
 from . import _kernels
 from ._spec import CellSpec
 
-# Inference projects the inputs of a chunk of timesteps at a time, so its scratch is
-# bounded: at least this many rows (enough for an efficient GEMM) and at most 1/8 of N.
-_CHUNK_MIN_ROWS = 256
-_CHUNK_FRACTION = 8
+# Inference projects the inputs of a chunk of timesteps at a time so that its scratch
+# stays at most a quarter of the output (N x Hout) on long sequences, while a chunk keeps
+# enough rows for an efficient GEMM.
+_CHUNK_MIN_ROWS = 64
+_CHUNK_SHARE_OF_OUTPUT = 4
 
 
 def _saved_width(spec: CellSpec) -> int:
@@ -94,7 +95,8 @@ def forward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, reverse: bool,
         ms = np.empty((N, H), dtype) if P else _empty2(dtype, H)
         chunk = N
     else:
-        chunk = min(N, max(_CHUNK_MIN_ROWS, B, -(-N // _CHUNK_FRACTION)))
+        chunk = N * Hout // (_CHUNK_SHARE_OF_OUTPUT * S * H)
+        chunk = min(N, max(_CHUNK_MIN_ROWS, B, chunk))
         gates = np.empty((chunk, S * H), dtype)
         cs = _empty2(dtype, H)
         ms = np.empty((B, H), dtype) if P else _empty2(dtype, H)
