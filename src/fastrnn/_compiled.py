@@ -61,11 +61,11 @@ def _empty2(dtype, cols: int) -> np.ndarray:
     return np.empty((0, cols), dtype)
 
 
-def _pack_workspace(spec: CellSpec, dtype, backward: bool) -> np.ndarray:
+def _pack_workspace(spec: CellSpec, dtype, B: int, backward: bool) -> np.ndarray:
     """Room for the weights packed for the per-step GEMMs (float32 with AVX-512 only)."""
     size = 0
     if dtype == np.float32:
-        size = _kernels.packed_workspace(backward, spec.mode, spec.reset_after,
+        size = _kernels.packed_workspace(backward, spec.mode, spec.reset_after, B,
                                          spec.hidden_size, spec.out_size, spec.proj_size)
     return np.empty(size, dtype)
 
@@ -104,7 +104,7 @@ def forward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, reverse: bool,
     _kernels.forward(_kernels.MODES[spec.mode], spec.reset_after, reverse, training, chunk,
                      x, batch_sizes, offsets, params["weight_ih"], params["weight_hh"],
                      bias, b_hn, w_hr, h, c, out, gates, cs, ms, gh,
-                     _pack_workspace(spec, dtype, backward=False))
+                     _pack_workspace(spec, dtype, B, backward=False))
     saved = (gates, cs, ms) if training else None
     return out, h, (c if lstm else None), saved
 
@@ -149,6 +149,6 @@ def backward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, out, saved, d
                       gates, cs, ms, dout, dh, dc, dg, hprev, dhp, dm, dh_seq, dx,
                       grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
                       grads["bias_hh"], grads["weight_hr"],
-                      _pack_workspace(spec, dtype, backward=True))
+                      _pack_workspace(spec, dtype, B, backward=True))
     grads = {k: v for k, v in grads.items() if params.get(k) is not None}
     return dx, dh, (dc if lstm else None), grads

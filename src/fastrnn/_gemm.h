@@ -72,6 +72,12 @@ static int fr_gemm_packed_ok(void)
     return fr_cpu_ok;
 }
 
+/* Mask of the first `left` (up to 16) lanes of a vector. */
+static inline __mmask16 fr_mask(long left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
 /* One block: rows [0, MR) of a (row stride lda) times one panel, into C (stride ldc),
  * writing ncols <= FR_NR columns. MR is a compile-time constant at every call site so
  * the accumulators stay in registers. */
@@ -101,7 +107,7 @@ fr_block(const int MR, long k, const float *a, long lda, const float *panel, flo
         long left = ncols - 16 * v;
         if (left <= 0)
             break;
-        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 m = fr_mask(left);
         for (int i = 0; i < MR; i++) {
             float *cp = c + i * ldc + 16 * v;
             __m512 r = acc[i][v];
@@ -112,14 +118,50 @@ fr_block(const int MR, long k, const float *a, long lda, const float *panel, flo
     }
 }
 
-/* C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W) [+ C if accumulate],
- * with op(W) packed by fr_pack. */
+/* One row times two panels at once. A single row has only 4 accumulators per panel,
+ * fewer than the FMA pipes keep in flight (2 pipes x 4 cycles of latency): with two
+ * panels there are 8 independent chains. ncols counts the columns of both panels. */
 __attribute__((target("avx512f"))) static void
-fr_gemm_packed(long m, long n, long k, const float *a, long lda, const float *packed,
-               float *c, long ldc, int accumulate)
+fr_row2(long k, const float *a, const float *p0, const float *p1, float *c, long ncols,
+        int accumulate)
 {
-    long panels = (n + FR_NR - 1) / FR_NR;
-    for (long p = 0; p < panels; p++) {
+    __m512 acc[8];
+    for (int v = 0; v < 8; v++)
+        acc[v] = _mm512_setzero_ps();
+    for (long kk = 0; kk < k; kk++) {
+        __m512 ai = _mm512_set1_ps(a[kk]);
+        for (int v = 0; v < 4; v++) {
+            acc[v] = _mm512_fmadd_ps(ai, _mm512_loadu_ps(p0 + kk * FR_NR + 16 * v), acc[v]);
+            acc[4 + v] =
+                _mm512_fmadd_ps(ai, _mm512_loadu_ps(p1 + kk * FR_NR + 16 * v), acc[4 + v]);
+        }
+    }
+    for (int v = 0; v < 8; v++) {
+        long left = ncols - 16 * v;
+        if (left <= 0)
+            break;
+        __mmask16 m = fr_mask(left);
+        __m512 r = acc[v];
+        if (accumulate)
+            r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * v));
+        _mm512_mask_storeu_ps(c + 16 * v, m, r);
+    }
+}
+
+/* Panels [p, p_end) of C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W)
+ * [+ C if accumulate], with op(W) packed by fr_pack. */
+__attribute__((target("avx512f"))) static void
+fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *packed,
+               float *c, long ldc, int accumulate, long p, long p_end)
+{
+    if (m == 1) {
+        for (; p + 2 <= p_end; p += 2) {
+            long ncols = n - p * FR_NR < 2 * FR_NR ? n - p * FR_NR : 2 * FR_NR;
+            fr_row2(k, a, packed + p * FR_NR * k, packed + (p + 1) * FR_NR * k,
+                    c + p * FR_NR, ncols, accumulate);
+        }
+    }
+    for (; p < p_end; p++) {
         const float *panel = packed + p * FR_NR * k;
         long ncols = n - p * FR_NR < FR_NR ? n - p * FR_NR : FR_NR;
         float *cp = c + p * FR_NR;
@@ -135,6 +177,13 @@ fr_gemm_packed(long m, long n, long k, const float *a, long lda, const float *pa
         default: break;
         }
     }
+}
+
+/* C = A @ op(W) [+ C] over all panels. */
+static void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
+                           const float *packed, float *c, long ldc, int accumulate)
+{
+    fr_gemm_panels(m, n, k, a, lda, packed, c, ldc, accumulate, 0, (n + FR_NR - 1) / FR_NR);
 }
 
 #else

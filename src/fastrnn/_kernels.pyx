@@ -88,11 +88,20 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
     return sizes[0] + sizes[1] + sizes[2]
 
 
-def packed_workspace(bint backward, str mode, bint reset_after, Py_ssize_t H,
-                     Py_ssize_t Hout, Py_ssize_t P):
-    """Length of the float32 `pack` workspace; 0 where the packed kernel cannot run."""
+# From this many multiply-adds per step on, BLAS takes the step GEMMs: its threads beat the
+# single-threaded packed kernel despite repacking (measured: at 16 x 256 x 1024 the packed
+# kernel ran at 115 GF/s against OpenBLAS's 72, at 64 x 256 x 1024 they were even, and at
+# 64 x 512 x 2048 OpenBLAS on two threads reaches 280-370 GF/s).
+BLAS_STEP_WORK = 1 << 24
+
+
+def packed_workspace(bint backward, str mode, bint reset_after, Py_ssize_t B,
+                     Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P):
+    """Length of the float32 `pack` workspace for a batch of B: 0 where BLAS runs the
+    step GEMMs (large steps, or no AVX-512)."""
     cdef Py_ssize_t sizes[3]
-    if not fr_gemm_packed_ok():
+    cdef Py_ssize_t G = 4 if mode == "LSTM" else 3 if mode == "GRU" else 1
+    if not fr_gemm_packed_ok() or B * G * H * Hout >= BLAS_STEP_WORK:
         return 0
     return _packed_sizes(backward, MODES[mode], reset_after, H, Hout, P, sizes)
 

@@ -1,0 +1,93 @@
+"""The compiled backend's step GEMM paths against the reference, in float32.
+
+The per-step products run either on the packed AVX-512 kernel (small steps) or on BLAS
+(large steps, float64, other CPUs); each test forces one path with BLAS_STEP_WORK and
+picks shapes that reach the kernel's edge cases: 1 to 13 rows (every remainder of its
+6-row blocks, and the single-row two-panel path with an odd panel count), partial
+64-column panels, ragged batches whose step sizes shrink, both directions.
+"""
+import numpy as np
+import pytest
+
+from fastrnn import _compiled, _kernels, reference
+from fastrnn._spec import CellSpec
+
+CASES = [
+    ("RNN_TANH", True, 0), ("RNN_RELU", True, 0), ("LSTM", True, 0), ("LSTM", True, 29),
+    ("GRU", True, 0), ("GRU", False, 0),
+]
+
+
+@pytest.fixture(params=["packed", "blas"])
+def step_path(request, monkeypatch):
+    if request.param == "packed":
+        if _kernels.packed_workspace(False, "LSTM", True, 1, 8, 8, 0) == 0:
+            pytest.skip("the packed kernel needs AVX-512")
+        monkeypatch.setattr(_kernels, "BLAS_STEP_WORK", 1 << 62)
+    else:
+        monkeypatch.setattr(_kernels, "BLAS_STEP_WORK", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("mode,reset_after,P", CASES)
+@pytest.mark.parametrize("H", [5, 70])
+@pytest.mark.parametrize("lengths", [[9] * 13, [9, 9, 8, 7, 7, 6, 5, 4, 3, 3, 2, 1, 1], [9]],
+                         ids=["full", "ragged", "single"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_compiled_float32_matches_reference(step_path, mode, reset_after, P, H, lengths,
+                                            reverse):
+    if P >= H:
+        pytest.skip("projection must be smaller than the hidden size")
+    rng = np.random.default_rng(H + len(lengths))
+    I = 11
+    spec = CellSpec(mode, I, H, P, reset_after)
+    G, Hout, B = spec.gates, spec.out_size, len(lengths)
+    params = {
+        "weight_ih": rng.uniform(-0.3, 0.3, (G * H, I)),
+        "weight_hh": rng.uniform(-0.3, 0.3, (G * H, Hout)),
+        "bias_ih": rng.uniform(-0.3, 0.3, G * H),
+        "bias_hh": rng.uniform(-0.3, 0.3, G * H),
+        "weight_hr": rng.uniform(-0.3, 0.3, (P, H)) if P else None,
+    }
+    lengths = np.array(lengths)
+    batch_sizes = np.array([(lengths > t).sum() for t in range(lengths[0])], np.intp)
+    N = int(batch_sizes.sum())
+    x = rng.standard_normal((N, I))
+    h0 = rng.standard_normal((B, Hout)) * 0.5
+    c0 = rng.standard_normal((B, H)) * 0.5 if mode == "LSTM" else None
+    dout = rng.standard_normal((N, Hout))
+    dh_n = rng.standard_normal((B, Hout))
+    dc_n = rng.standard_normal((B, H)) if mode == "LSTM" else None
+
+    def f32(a):
+        return None if a is None else a.astype(np.float32)
+
+    p32 = {k: f32(v) for k, v in params.items()}
+    out, h_n, c_n, saved = _compiled.forward(spec, p32, f32(x), batch_sizes, f32(h0), f32(c0),
+                                             reverse, True)
+    out_inf, h_inf, _, _ = _compiled.forward(spec, p32, f32(x), batch_sizes, f32(h0),
+                                             f32(c0), reverse, False)
+    dx, dh0, dc0, grads = _compiled.backward(spec, p32, f32(x), batch_sizes, f32(h0), f32(c0),
+                                             out, saved, f32(dout), f32(dh_n), f32(dc_n),
+                                             reverse)
+    r_out, r_hn, r_cn, r_saved = reference.forward(spec, params, x, batch_sizes, h0, c0,
+                                                   reverse, True)
+    r_dx, r_dh0, r_dc0, r_grads = reference.backward(spec, params, x, batch_sizes, h0, c0,
+                                                     r_out, r_saved, dout, dh_n, dc_n, reverse)
+
+    def close(a, b, what):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale, err_msg=what)
+
+    close(out, r_out, "out")
+    close(out_inf, r_out, "out (inference)")
+    close(h_n, r_hn, "h_n")
+    close(h_inf, r_hn, "h_n (inference)")
+    close(dx, r_dx, "dx")
+    close(dh0, r_dh0, "dh0")
+    if mode == "LSTM":
+        close(c_n, r_cn, "c_n")
+        close(dc0, r_dc0, "dc0")
+    assert grads.keys() == r_grads.keys()
+    for k in grads:
+        close(grads[k], r_grads[k], k)
