@@ -5,6 +5,7 @@ initialisation checks back on (and drops optimisation) for debugging a kernel.
 """
 import os
 
+import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -28,7 +29,7 @@ extensions = [
     Extension(
         "fastrnn._kernels",
         ["src/fastrnn/_kernels.pyx"],
-        include_dirs=["fastrnn"],
+        include_dirs=["src/fastrnn", np.get_include()],
         depends=["src/fastrnn/_cellmath.h", "src/fastrnn/_gemm.h", "src/fastrnn/_cellmath_rows.h", "src/fastrnn/_cellmath.pxd",
                  "src/fastrnn/_blas.pxd"],
         extra_compile_args=extra_compile_args,

@@ -148,6 +148,41 @@ fr_row2(long k, const float *a, const float *p0, const float *p1, float *c, long
     }
 }
 
+/* One row times one panel, the k loop split over two sets of accumulators: the
+ * backward's step (dG @ W_hh) has a long k and often a single panel, where 4 chains
+ * along k leave the FMA pipes waiting on latency. */
+__attribute__((target("avx512f"))) static void
+fr_row1(long k, const float *a, const float *panel, float *c, long ncols, int accumulate)
+{
+    __m512 acc[8];
+    for (int v = 0; v < 8; v++)
+        acc[v] = _mm512_setzero_ps();
+    long kk = 0;
+    for (; kk + 2 <= k; kk += 2) {
+        __m512 a0 = _mm512_set1_ps(a[kk]), a1 = _mm512_set1_ps(a[kk + 1]);
+        for (int v = 0; v < 4; v++) {
+            acc[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), acc[v]);
+            acc[4 + v] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(panel + (kk + 1) * FR_NR + 16 * v),
+                                         acc[4 + v]);
+        }
+    }
+    if (kk < k) {
+        __m512 a0 = _mm512_set1_ps(a[kk]);
+        for (int v = 0; v < 4; v++)
+            acc[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), acc[v]);
+    }
+    for (int v = 0; v < 4; v++) {
+        long left = ncols - 16 * v;
+        if (left <= 0)
+            break;
+        __mmask16 m = fr_mask(left);
+        __m512 r = _mm512_add_ps(acc[v], acc[4 + v]);
+        if (accumulate)
+            r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * v));
+        _mm512_mask_storeu_ps(c + 16 * v, m, r);
+    }
+}
+
 /* Panels [p, p_end) of C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W)
  * [+ C if accumulate], with op(W) packed by fr_pack. */
 __attribute__((target("avx512f"))) static void
@@ -160,6 +195,9 @@ fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *pa
             fr_row2(k, a, packed + p * FR_NR * k, packed + (p + 1) * FR_NR * k,
                     c + p * FR_NR, ncols, accumulate);
         }
+        if (p < p_end)
+            fr_row1(k, a, packed + p * FR_NR * k, c + p * FR_NR, n - p * FR_NR, accumulate);
+        return;
     }
     for (; p < p_end; p++) {
         const float *panel = packed + p * FR_NR * k;

@@ -20,10 +20,14 @@
 #   RNN, LSTM   the G*H gate pre-activations; dGx and dGh are the same
 #   GRU after   dr, dz, dhn, dn: dGh = columns [0, 3H), dGx = [0, 2H) and [3H, 4H)
 #   GRU before  dr, dz, dn: both dGx and dGh (the W_hn block multiplies rh, not h)
+cimport numpy as cnp
 from cython cimport floating
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
+
+cnp.import_array()
 
 cdef extern from "_gemm.h" nogil:
     size_t fr_packed_size(long n, long k)
@@ -31,6 +35,7 @@ cdef extern from "_gemm.h" nogil:
     void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
                         const float *packed, float *c, long ldc, int accumulate)
     int fr_gemm_packed_ok()
+
 from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
                         gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
                         rnn_row)
@@ -95,15 +100,14 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
 BLAS_STEP_WORK = 1 << 24
 
 
-def packed_workspace(bint backward, str mode, bint reset_after, Py_ssize_t B,
-                     Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P):
-    """Length of the float32 `pack` workspace for a batch of B: 0 where BLAS runs the
-    step GEMMs (large steps, or no AVX-512)."""
-    cdef Py_ssize_t sizes[3]
-    cdef Py_ssize_t G = 4 if mode == "LSTM" else 3 if mode == "GRU" else 1
-    if not fr_gemm_packed_ok() or B * G * H * Hout >= BLAS_STEP_WORK:
-        return 0
-    return _packed_sizes(backward, MODES[mode], reset_after, H, Hout, P, sizes)
+def packed_kernel_available():
+    """Whether this CPU runs the packed step kernel (AVX-512); else BLAS does."""
+    return bool(fr_gemm_packed_ok())
+
+
+cdef bint use_packed(bint is_float, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t Hout):
+    """Whether the step GEMMs of a batch of B run on the packed kernel."""
+    return is_float and fr_gemm_packed_ok() and B * GH * Hout < BLAS_STEP_WORK
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,302 +156,513 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # ---------------------------------------------------------------------------------------
 # Forward
 
-def forward(int mode, bint reset_after, bint reverse, bint training, Py_ssize_t chunk_rows,
-            const floating[:, ::1] x,
-            const Py_ssize_t[::1] batch_sizes,
-            const Py_ssize_t[::1] offsets,
-            const floating[:, ::1] w_ih,
-            const floating[:, ::1] w_hh,
-            const floating[::1] bias,
-            const floating[::1] b_hn,
-            const floating[:, ::1] w_hr,
-            floating[:, ::1] h,
-            floating[:, ::1] c,
-            floating[:, ::1] out,
-            floating[:, ::1] gates,
-            floating[:, ::1] cs,
-            floating[:, ::1] ms,
-            floating[:, ::1] gh,
-            floating[::1] pack):
-    """Run one direction of one layer over a packed batch (shapes in fastrnn/_compiled.py).
+cdef void forward_loop(int mode, bint reset_after, bint reverse, bint training,
+                       Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t Hout,
+                       Py_ssize_t P, Py_ssize_t SH, Py_ssize_t chunk_rows,
+                       const Py_ssize_t *bs, const Py_ssize_t *off,
+                       const floating *px, const floating *pwih, const floating *pwhh,
+                       const floating *pb, const floating *pbhn, const floating *pwhr,
+                       floating *ph, floating *pc, floating *pout, floating *pgates,
+                       floating *pcs, floating *pms, floating *pgh, floating *ppk) noexcept nogil:
+    """One direction of one layer over a packed batch (buffers: see forward()).
 
-    h and c hold the initial states on entry and the final ones on exit. When training,
-    gates (and cs, ms) receive the saved activations of every row; otherwise gates is a
-    scratch of chunk_rows rows for the input projection and ms (projection only) a
-    scratch of B rows. pack is the workspace of packed_workspace(False, ...) floats, or
-    empty to run the per-step GEMMs on BLAS.
+    ph and pc hold the initial states on entry and the final ones on exit; pgates has
+    SH floats a row: every row's saved activations when training, else chunk_rows rows
+    of scratch for the input projection. ppk is room for the packed weights, or NULL.
     """
-    cdef Py_ssize_t T = batch_sizes.shape[0]
-    if T == 0:
-        return
-    cdef Py_ssize_t I = x.shape[1], GH = w_hh.shape[0], Hout = w_hh.shape[1]
-    cdef Py_ssize_t H = w_ih.shape[0] // (4 if mode == LSTM else 3 if mode == GRU else 1)
-    cdef Py_ssize_t P = w_hr.shape[0]
-    cdef Py_ssize_t SH = gates.shape[1]
-    cdef const Py_ssize_t *bs = &batch_sizes[0]
-    cdef const Py_ssize_t *off = &offsets[0]
-    cdef const floating *px = &x[0, 0]
-    cdef const floating *pwih = &w_ih[0, 0]
-    cdef const floating *pwhh = &w_hh[0, 0]
-    cdef const floating *pb = &bias[0]
-    cdef const floating *pbhn = &b_hn[0] if b_hn.shape[0] > 0 else NULL
-    cdef const floating *pwhr = &w_hr[0, 0] if P > 0 else NULL
-    cdef floating *ph = &h[0, 0]
-    cdef floating *pc = &c[0, 0] if c.shape[0] > 0 else NULL
-    cdef floating *pout = &out[0, 0]
-    cdef floating *pgates = &gates[0, 0]
-    cdef floating *pcs = &cs[0, 0] if cs.shape[0] > 0 else NULL
-    cdef floating *pms = &ms[0, 0] if ms.shape[0] > 0 else NULL
-    cdef floating *pgh = &gh[0, 0]
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t GH = G * H
+    cdef bint gru_before = mode == GRU and not reset_after
     cdef Py_ssize_t s, s_end, t, n, r0, b, row_base = 0, chunk_end = 0
     cdef floating *a
     cdef floating *m
     cdef floating *hp
     cdef Py_ssize_t sizes[3]
-    cdef floating *ppk = &pack[0] if pack.shape[0] > 0 else NULL
     cdef floating *pk_hh = NULL
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
-    cdef bint gru_before = mode == GRU and not reset_after
-    with nogil:
-        if ppk != NULL:
-            _packed_sizes(False, mode, reset_after, H, Hout, P, sizes)
-            pk_hh = pack_weight(ppk, True, 2 * H if gru_before else GH, Hout, pwhh, Hout)
-            if gru_before:
-                pk_hn = pack_weight(ppk + sizes[0], True, H, H, pwhh + 2 * H * Hout, Hout)
-            if P > 0:
-                pk_hr = pack_weight(ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
-        for s in range(T):
-            t = step_time(reverse, T, s)
-            n = bs[t]
-            r0 = off[t]
-            if s == chunk_end:
-                # Project the inputs of the next run of timesteps in one GEMM: all of them
-                # when training (the buffer is the saved one), else about chunk_rows rows.
-                s_end = s + 1
-                if training:
-                    s_end = T
-                else:
-                    while s_end < T and span_rows(reverse, T, off, s, s_end + 1) <= chunk_rows:
-                        s_end += 1
-                # the rows of the visited timesteps form one contiguous block either way
-                row_base = off[T - s_end] if reverse else off[s]
-                gemm(False, True, <int> span_rows(reverse, T, off, s, s_end), <int> GH,
-                     <int> I, <floating> 1, px + row_base * I, <int> I, pwih, <int> I,
-                     <floating> 0, pgates, <int> SH)
-                chunk_end = s_end
-            a = pgates + (r0 - row_base) * SH
-            if gru_before:
-                # r and z first; n needs W_hn (r * h), a second GEMM on the critical path.
-                step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, ph, <int> Hout, True,
-                          pwhh, <int> Hout, False, pgh, <int> GH)
-                for b in range(n):
-                    gru_before_gates(H, a + b * SH, pgh + b * GH, pb, ph + b * Hout)
-                step_gemm(pk_hn, <int> n, <int> H, <int> H, a + 3 * H, <int> SH, True,
-                          pwhh + 2 * H * Hout, <int> Hout, False, pgh + 2 * H, <int> GH)
-                for b in range(n):
-                    hp = ph + b * Hout
-                    gru_before_out(H, a + b * SH, pgh + b * GH + 2 * H, pb, hp,
-                                   pout + (r0 + b) * Hout)
-                    memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
-                continue
-            step_gemm(pk_hh, <int> n, <int> GH, <int> Hout, ph, <int> Hout, True, pwhh,
-                      <int> Hout, False, pgh, <int> GH)
+    if ppk != NULL:
+        _packed_sizes(False, mode, reset_after, H, Hout, P, sizes)
+        pk_hh = pack_weight(ppk, True, 2 * H if gru_before else GH, Hout, pwhh, Hout)
+        if gru_before:
+            pk_hn = pack_weight(ppk + sizes[0], True, H, H, pwhh + 2 * H * Hout, Hout)
+        if P > 0:
+            pk_hr = pack_weight(ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
+    for s in range(T):
+        t = step_time(reverse, T, s)
+        n = bs[t]
+        r0 = off[t]
+        if s == chunk_end:
+            # Project the inputs of the next run of timesteps in one GEMM: all of them
+            # when training (the buffer is the saved one), else about chunk_rows rows.
+            s_end = s + 1
+            if training:
+                s_end = T
+            else:
+                while s_end < T and span_rows(reverse, T, off, s, s_end + 1) <= chunk_rows:
+                    s_end += 1
+            # the rows of the visited timesteps form one contiguous block either way
+            row_base = off[T - s_end] if reverse else off[s]
+            gemm(False, True, <int> span_rows(reverse, T, off, s, s_end), <int> GH,
+                 <int> I, <floating> 1, px + row_base * I, <int> I, pwih, <int> I,
+                 <floating> 0, pgates, <int> SH)
+            chunk_end = s_end
+        a = pgates + (r0 - row_base) * SH
+        if gru_before:
+            # r and z first; n needs W_hn (r * h), a second GEMM on the critical path.
+            step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, ph, <int> Hout, True,
+                      pwhh, <int> Hout, False, pgh, <int> GH)
+            for b in range(n):
+                gru_before_gates(H, a + b * SH, pgh + b * GH, pb, ph + b * Hout)
+            step_gemm(pk_hn, <int> n, <int> H, <int> H, a + 3 * H, <int> SH, True,
+                      pwhh + 2 * H * Hout, <int> Hout, False, pgh + 2 * H, <int> GH)
             for b in range(n):
                 hp = ph + b * Hout
-                if mode == LSTM:
-                    if P > 0:
-                        m = pms + ((r0 + b) if training else b) * H
-                    else:
-                        m = pout + (r0 + b) * Hout
-                    lstm_row(H, a + b * SH, pgh + b * GH, pb, pc + b * H, m)
-                    if training:
-                        memcpy(pcs + (r0 + b) * H, pc + b * H, H * sizeof(floating))
-                    if P == 0:
-                        memcpy(hp, m, H * sizeof(floating))
-                elif mode == GRU:
-                    gru_after_row(H, a + b * SH, pgh + b * GH, pb, pbhn, hp,
-                                  pout + (r0 + b) * Hout)
-                    memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
+                gru_before_out(H, a + b * SH, pgh + b * GH + 2 * H, pb, hp,
+                               pout + (r0 + b) * Hout)
+                memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
+            continue
+        step_gemm(pk_hh, <int> n, <int> GH, <int> Hout, ph, <int> Hout, True, pwhh,
+                  <int> Hout, False, pgh, <int> GH)
+        for b in range(n):
+            hp = ph + b * Hout
+            if mode == LSTM:
+                if P > 0:
+                    m = pms + ((r0 + b) if training else b) * H
                 else:
-                    rnn_row(mode == RNN_RELU, H, a + b * SH, pgh + b * GH, pb)
-                    if not training:  # when training, a is the output row itself
-                        memcpy(pout + (r0 + b) * Hout, a + b * SH, H * sizeof(floating))
-                    memcpy(hp, a + b * SH, H * sizeof(floating))
-            if P > 0:
-                # h = m @ W_hr^T for the active rows, straight into the carried state
-                m = pms + (r0 if training else 0) * H
-                step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
-                          False, ph, <int> P)
-                memcpy(pout + r0 * P, ph, n * P * sizeof(floating))
+                    m = pout + (r0 + b) * Hout
+                lstm_row(H, a + b * SH, pgh + b * GH, pb, pc + b * H, m)
+                if training:
+                    memcpy(pcs + (r0 + b) * H, pc + b * H, H * sizeof(floating))
+                if P == 0:
+                    memcpy(hp, m, H * sizeof(floating))
+            elif mode == GRU:
+                gru_after_row(H, a + b * SH, pgh + b * GH, pb, pbhn, hp,
+                              pout + (r0 + b) * Hout)
+                memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
+            else:
+                rnn_row(mode == RNN_RELU, H, a + b * SH, pgh + b * GH, pb)
+                if not training:  # when training, a is the output row itself
+                    memcpy(pout + (r0 + b) * Hout, a + b * SH, H * sizeof(floating))
+                memcpy(hp, a + b * SH, H * sizeof(floating))
+        if P > 0:
+            # h = m @ W_hr^T for the active rows, straight into the carried state
+            m = pms + (r0 if training else 0) * H
+            step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
+                      False, ph, <int> P)
+            memcpy(pout + r0 * P, ph, n * P * sizeof(floating))
 
 
 # ---------------------------------------------------------------------------------------
 # Backward
 
-def backward(int mode, bint reset_after, bint reverse,
-             const floating[:, ::1] x,
-             const Py_ssize_t[::1] batch_sizes,
-             const Py_ssize_t[::1] offsets,
-             const floating[:, ::1] h0,
-             const floating[:, ::1] c0,
-             const floating[:, ::1] w_ih,
-             const floating[:, ::1] w_hh,
-             const floating[:, ::1] w_hr,
-             const floating[:, ::1] out,
-             const floating[:, ::1] gates,
-             const floating[:, ::1] cs,
-             const floating[:, ::1] ms,
-             const floating[:, ::1] dout,
-             floating[:, ::1] dh,
-             floating[:, ::1] dc,
-             floating[:, ::1] dg,
-             floating[:, ::1] hprev,
-             floating[:, ::1] dhp,
-             floating[:, ::1] dm,
-             floating[:, ::1] dh_seq,
-             floating[:, ::1] dx,
-             floating[:, ::1] dw_ih,
-             floating[:, ::1] dw_hh,
-             floating[::1] db_ih,
-             floating[::1] db_hh,
-             floating[:, ::1] dw_hr,
-             floating[::1] pack):
-    """BPTT for one direction of one layer (shapes in fastrnn/_compiled.py).
+cdef void backward_loop(int mode, bint reset_after, bint reverse,
+                        Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
+                        Py_ssize_t Hout, Py_ssize_t P, Py_ssize_t SH, Py_ssize_t SD,
+                        const Py_ssize_t *bs, const Py_ssize_t *off,
+                        const floating *px, const floating *ph0, const floating *pc0,
+                        const floating *pwih, const floating *pwhh, const floating *pwhr,
+                        const floating *pout, const floating *pgates, const floating *pcs,
+                        const floating *pms, const floating *pdout,
+                        floating *pdh, floating *pdc, floating *pdg, floating *php,
+                        floating *pdhp, floating *pdm, floating *pseq, floating *pdx,
+                        floating *pdwih, floating *pdwhh, floating *pdbih, floating *pdbhh,
+                        floating *pdwhr, floating *ppk) noexcept nogil:
+    """BPTT for one direction of one layer (buffers: see backward()).
 
-    dh and dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit. dg, hprev, dhp
-    and dm are workspaces; dx and the weight gradients are overwritten, the bias
-    gradients must be zero on entry. dh_seq has N rows to fill, or none. pack is the
-    workspace of packed_workspace(True, ...) floats, or empty for BLAS.
+    pdh and pdc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit; pdg, php,
+    pdhp and pdm are workspaces; dx and the weight gradients are overwritten, the bias
+    gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
     """
-    cdef Py_ssize_t T = batch_sizes.shape[0]
-    if T == 0:
-        return
-    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], GH = w_hh.shape[0], Hout = w_hh.shape[1]
-    cdef Py_ssize_t H = w_ih.shape[0] // (4 if mode == LSTM else 3 if mode == GRU else 1)
-    cdef Py_ssize_t P = w_hr.shape[0]
-    cdef Py_ssize_t SH = gates.shape[1], SD = dg.shape[1]
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t GH = G * H
     cdef bint gru_after = mode == GRU and reset_after
     cdef bint gru_before = mode == GRU and not reset_after
-    cdef bint keep_seq = dh_seq.shape[0] > 0
-    cdef const Py_ssize_t *bs = &batch_sizes[0]
-    cdef const Py_ssize_t *off = &offsets[0]
-    cdef const floating *px = &x[0, 0]
-    cdef const floating *ph0 = &h0[0, 0]
-    cdef const floating *pc0 = &c0[0, 0] if c0.shape[0] > 0 else NULL
-    cdef const floating *pwih = &w_ih[0, 0]
-    cdef const floating *pwhh = &w_hh[0, 0]
-    cdef const floating *pwhr = &w_hr[0, 0] if P > 0 else NULL
-    cdef const floating *pout = &out[0, 0]
-    # RNN saves no gates: its activation is the output itself
-    cdef const floating *pgates = &gates[0, 0] if gates.shape[0] > 0 else NULL
-    cdef const floating *pcs = &cs[0, 0] if cs.shape[0] > 0 else NULL
-    cdef const floating *pms = &ms[0, 0] if ms.shape[0] > 0 else NULL
-    cdef const floating *pdout = &dout[0, 0]
-    cdef floating *pdh = &dh[0, 0]
-    cdef floating *pdc = &dc[0, 0] if dc.shape[0] > 0 else NULL
-    cdef floating *pdg = &dg[0, 0]
-    cdef floating *php = &hprev[0, 0]
-    cdef floating *pdhp = &dhp[0, 0] if dhp.shape[0] > 0 else NULL
-    cdef floating *pdm = &dm[0, 0] if dm.shape[0] > 0 else NULL
-    cdef floating *pseq = &dh_seq[0, 0] if keep_seq else NULL
-    cdef floating *pdx = &dx[0, 0]
-    cdef floating *pdwih = &dw_ih[0, 0]
-    cdef floating *pdwhh = &dw_hh[0, 0]
-    cdef floating *pdbih = &db_ih[0]
-    cdef floating *pdbhh = &db_hh[0]
-    cdef floating *pdwhr = &dw_hr[0, 0] if P > 0 else NULL
     cdef Py_ssize_t s, t, n, r0, b, pr, row
     cdef const floating *cprev
     cdef const floating *dmrow
     # K: width of dGh, the block that multiplies W_hh (all of it but for reset-before GRU)
     cdef Py_ssize_t K = 2 * H if gru_before else GH
     cdef Py_ssize_t sizes[3]
-    cdef floating *ppk = &pack[0] if pack.shape[0] > 0 else NULL
     cdef floating *pk_hh = NULL
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
-    with nogil:
-        if ppk != NULL:
-            _packed_sizes(True, mode, reset_after, H, Hout, P, sizes)
-            pk_hh = pack_weight(ppk, False, Hout, K, pwhh, Hout)
-            if gru_before:
-                pk_hn = pack_weight(ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout, Hout)
-            if P > 0:
-                pk_hr = pack_weight(ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
-        for s in range(T - 1, -1, -1):
-            t = step_time(reverse, T, s)
-            n = bs[t]
-            r0 = off[t]
-            for b in range(n):
-                row = r0 + b
-                pr = prev_row(reverse, T, bs, off, t, b)
-                memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + b * Hout),
-                       Hout * sizeof(floating))
-                add_rows(1, Hout, pdh + b * Hout, pdout + row * Hout)
-            if keep_seq:
-                memcpy(pseq + r0 * Hout, pdh, n * Hout * sizeof(floating))
-            if P > 0:
-                # dW_hr needs every step's dh: keep them, take the GEMM after the loop
-                memcpy(pdhp + r0 * P, pdh, n * P * sizeof(floating))
-                step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh, <int> P, False, pwhr,
-                          <int> H, False, pdm, <int> H)
-            for b in range(n):
-                row = r0 + b
-                if mode == LSTM:
-                    pr = prev_row(reverse, T, bs, off, t, b)
-                    cprev = (pcs + pr * H) if pr >= 0 else (pc0 + b * H)
-                    dmrow = (pdm + b * H) if P > 0 else (pdh + b * Hout)
-                    lstm_drow(H, pgates + row * SH, pcs + row * H, cprev, dmrow,
-                              pdc + b * H, pdg + row * SD)
-                elif gru_after:
-                    gru_after_drow(H, pgates + row * SH, php + row * Hout, pdh + b * Hout,
-                                   pdg + row * SD)
-                elif gru_before:
-                    gru_before_drow1(H, pgates + row * SH, php + row * Hout,
-                                     pdh + b * Hout, pdg + row * SD)
-                else:
-                    rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + b * Hout,
-                             pdg + row * SD)
-            if gru_before:
-                # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
-                step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
-                          False, pwhh + 2 * H * Hout, <int> Hout, False, pdm, <int> H)
-                for b in range(n):
-                    row = r0 + b
-                    gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + b * H,
-                                     pdh + b * Hout, pdg + row * SD)
-            # dh_{t-1} = direct part (GRU) + dGh @ W_hh
-            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
-                      pwhh, <int> Hout, mode == GRU, pdh, <int> Hout)
-
-        # Merged GEMMs over all timesteps. dGx columns: [0, GH) except for the
-        # reset-after GRU, where the n block of dGx is column block 3 of dG.
-        if gru_after:
-            gemm(True, False, <int> (2 * H), <int> I, <int> N, <floating> 1, pdg, <int> SD,
-                 px, <int> I, <floating> 0, pdwih, <int> I)
-            gemm(True, False, <int> H, <int> I, <int> N, <floating> 1, pdg + 3 * H,
-                 <int> SD, px, <int> I, <floating> 0, pdwih + 2 * H * I, <int> I)
-            gemm(False, False, <int> N, <int> I, <int> (2 * H), <floating> 1, pdg, <int> SD,
-                 pwih, <int> I, <floating> 0, pdx, <int> I)
-            gemm(False, False, <int> N, <int> I, <int> H, <floating> 1, pdg + 3 * H,
-                 <int> SD, pwih + 2 * H * I, <int> I, <floating> 1, pdx, <int> I)
-            colsum_add(N, 2 * H, pdg, SD, pdbih)
-            colsum_add(N, H, pdg + 3 * H, SD, pdbih + 2 * H)
-        else:
-            gemm(True, False, <int> GH, <int> I, <int> N, <floating> 1, pdg, <int> SD,
-                 px, <int> I, <floating> 0, pdwih, <int> I)
-            gemm(False, False, <int> N, <int> I, <int> GH, <floating> 1, pdg, <int> SD,
-                 pwih, <int> I, <floating> 0, pdx, <int> I)
-            colsum_add(N, GH, pdg, SD, pdbih)
-        gemm(True, False, <int> K, <int> Hout, <int> N, <floating> 1, pdg, <int> SD,
-             php, <int> Hout, <floating> 0, pdwhh, <int> Hout)
-        colsum_add(N, GH, pdg, SD, pdbhh)
+    if ppk != NULL:
+        _packed_sizes(True, mode, reset_after, H, Hout, P, sizes)
+        pk_hh = pack_weight(ppk, False, Hout, K, pwhh, Hout)
         if gru_before:
-            # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
-            gemm(True, False, <int> H, <int> H, <int> N, <floating> 1, pdg + 2 * H,
-                 <int> SD, pgates + 3 * H, <int> SH, <floating> 0, pdwhh + 2 * H * Hout,
-                 <int> Hout)
+            pk_hn = pack_weight(ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout, Hout)
         if P > 0:
-            gemm(True, False, <int> P, <int> H, <int> N, <floating> 1, pdhp, <int> P,
-                 pms, <int> H, <floating> 0, pdwhr, <int> H)
+            pk_hr = pack_weight(ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
+    for s in range(T - 1, -1, -1):
+        t = step_time(reverse, T, s)
+        n = bs[t]
+        r0 = off[t]
+        for b in range(n):
+            row = r0 + b
+            pr = prev_row(reverse, T, bs, off, t, b)
+            memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + b * Hout),
+                   Hout * sizeof(floating))
+            add_rows(1, Hout, pdh + b * Hout, pdout + row * Hout)
+        if pseq != NULL:
+            memcpy(pseq + r0 * Hout, pdh, n * Hout * sizeof(floating))
+        if P > 0:
+            # dW_hr needs every step's dh: keep them, take the GEMM after the loop
+            memcpy(pdhp + r0 * P, pdh, n * P * sizeof(floating))
+            step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh, <int> P, False, pwhr,
+                      <int> H, False, pdm, <int> H)
+        for b in range(n):
+            row = r0 + b
+            if mode == LSTM:
+                pr = prev_row(reverse, T, bs, off, t, b)
+                cprev = (pcs + pr * H) if pr >= 0 else (pc0 + b * H)
+                dmrow = (pdm + b * H) if P > 0 else (pdh + b * Hout)
+                lstm_drow(H, pgates + row * SH, pcs + row * H, cprev, dmrow,
+                          pdc + b * H, pdg + row * SD)
+            elif gru_after:
+                gru_after_drow(H, pgates + row * SH, php + row * Hout, pdh + b * Hout,
+                               pdg + row * SD)
+            elif gru_before:
+                gru_before_drow1(H, pgates + row * SH, php + row * Hout,
+                                 pdh + b * Hout, pdg + row * SD)
+            else:
+                rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + b * Hout,
+                         pdg + row * SD)
+        if gru_before:
+            # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
+            step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
+                      False, pwhh + 2 * H * Hout, <int> Hout, False, pdm, <int> H)
+            for b in range(n):
+                row = r0 + b
+                gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + b * H,
+                                 pdh + b * Hout, pdg + row * SD)
+        # dh_{t-1} = direct part (GRU) + dGh @ W_hh
+        step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
+                  pwhh, <int> Hout, mode == GRU, pdh, <int> Hout)
+
+    # Merged GEMMs over all timesteps. dGx columns: [0, GH) except for the
+    # reset-after GRU, where the n block of dGx is column block 3 of dG.
+    if gru_after:
+        gemm(True, False, <int> (2 * H), <int> I, <int> N, <floating> 1, pdg, <int> SD,
+             px, <int> I, <floating> 0, pdwih, <int> I)
+        gemm(True, False, <int> H, <int> I, <int> N, <floating> 1, pdg + 3 * H,
+             <int> SD, px, <int> I, <floating> 0, pdwih + 2 * H * I, <int> I)
+        gemm(False, False, <int> N, <int> I, <int> (2 * H), <floating> 1, pdg, <int> SD,
+             pwih, <int> I, <floating> 0, pdx, <int> I)
+        gemm(False, False, <int> N, <int> I, <int> H, <floating> 1, pdg + 3 * H,
+             <int> SD, pwih + 2 * H * I, <int> I, <floating> 1, pdx, <int> I)
+        colsum_add(N, 2 * H, pdg, SD, pdbih)
+        colsum_add(N, H, pdg + 3 * H, SD, pdbih + 2 * H)
+    else:
+        gemm(True, False, <int> GH, <int> I, <int> N, <floating> 1, pdg, <int> SD,
+             px, <int> I, <floating> 0, pdwih, <int> I)
+        gemm(False, False, <int> N, <int> I, <int> GH, <floating> 1, pdg, <int> SD,
+             pwih, <int> I, <floating> 0, pdx, <int> I)
+        colsum_add(N, GH, pdg, SD, pdbih)
+    gemm(True, False, <int> K, <int> Hout, <int> N, <floating> 1, pdg, <int> SD,
+         php, <int> Hout, <floating> 0, pdwhh, <int> Hout)
+    colsum_add(N, GH, pdg, SD, pdbhh)
+    if gru_before:
+        # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
+        gemm(True, False, <int> H, <int> H, <int> N, <floating> 1, pdg + 2 * H,
+             <int> SD, pgates + 3 * H, <int> SH, <floating> 0, pdwhh + 2 * H * Hout,
+             <int> Hout)
+    if P > 0:
+        gemm(True, False, <int> P, <int> H, <int> N, <floating> 1, pdhp, <int> P,
+             pms, <int> H, <floating> 0, pdwhr, <int> H)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points: check the arrays, allocate the outputs and one block of scratch, run the
+# loop without the GIL. The checks are the kernels' own guard against reading or writing
+# out of bounds (the layers validate users' input with friendlier messages before this).
+
+# Inference projects the inputs of a chunk of timesteps at a time so that its scratch
+# stays at most a quarter of the output (N x Hout) on long sequences, while a chunk keeps
+# enough rows for an efficient GEMM.
+cdef Py_ssize_t CHUNK_MIN_ROWS = 64
+cdef Py_ssize_t CHUNK_SHARE_OF_OUTPUT = 4
+
+cdef char _empty_data[64]
+
+
+cdef Py_ssize_t _dim(object a, int i):
+    return cnp.PyArray_DIMS(<cnp.ndarray> a)[i]
+
+
+cdef char *_data(object a, int typenum, int nd, Py_ssize_t d0, Py_ssize_t d1, str name,
+                 bint writable=False) except NULL:
+    """Data of a C-contiguous array of the given type and shape (-1: any size)."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    arr = <cnp.ndarray> a
+    if (cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or cnp.PyArray_NDIM(arr) != nd
+            or (d0 >= 0 and cnp.PyArray_DIMS(arr)[0] != d0)
+            or (nd == 2 and d1 >= 0 and cnp.PyArray_DIMS(arr)[1] != d1)
+            or (writable and not cnp.PyArray_ISWRITEABLE(arr))):
+        want = tuple("any" if d < 0 else d for d in (d0, d1)[:nd])
+        raise ValueError(f"{name}: expected a C-contiguous{' writable' if writable else ''} "
+                         f"array of {cnp.PyArray_DescrFromType(typenum)} and shape {want}, "
+                         f"got {a.dtype} {a.shape}")
+    cdef char *p = <char *> cnp.PyArray_DATA(arr)
+    return p if p != NULL else _empty_data
+
+
+cdef char *_opt(object a, int typenum, int nd, Py_ssize_t d0, Py_ssize_t d1, str name):
+    """_data, or NULL for None."""
+    return NULL if a is None else _data(a, typenum, nd, d0, d1, name)
+
+
+cdef cnp.ndarray _new(int typenum, Py_ssize_t d0, Py_ssize_t d1, bint zero):
+    """A new array (d0,) (d1 < 0) or (d0, d1)."""
+    cdef cnp.npy_intp dims[2]
+    dims[0] = d0
+    dims[1] = d1
+    cdef int nd = 1 if d1 < 0 else 2
+    if zero:
+        return cnp.PyArray_ZEROS(nd, dims, typenum, 0)
+    return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+
+
+cdef cnp.ndarray _copy(object a):
+    return cnp.PyArray_NewCopy(<cnp.ndarray> a, cnp.NPY_CORDER)
+
+
+cdef Py_ssize_t *_offsets(object batch_sizes, Py_ssize_t N, Py_ssize_t B) except NULL:
+    """Row offsets of the timesteps (malloc'ed, T + 1 entries), after checking that
+    batch_sizes is a packed batch of B sequences and N rows."""
+    cdef const Py_ssize_t *bs = <const Py_ssize_t *> _data(batch_sizes, cnp.NPY_INTP, 1, -1,
+                                                          -1, "batch_sizes")
+    cdef Py_ssize_t T = _dim(batch_sizes, 0), t
+    cdef Py_ssize_t *off = <Py_ssize_t *> malloc((T + 1) * sizeof(Py_ssize_t))
+    if off == NULL:
+        raise MemoryError()
+    off[0] = 0
+    for t in range(T):
+        if bs[t] < 0 or bs[t] > (B if t == 0 else bs[t - 1]) or (t == 0 and bs[0] != B):
+            free(off)
+            raise ValueError("batch_sizes must start at B and never grow, got "
+                             f"{batch_sizes[:t + 1].tolist()} (B = {B})")
+        off[t + 1] = off[t] + bs[t]
+    cdef Py_ssize_t rows = off[T]
+    if rows != N:
+        free(off)
+        raise ValueError(f"batch_sizes sum to {rows} rows, but x has {N}")
+    return off
+
+
+cdef int _gates(int mode):
+    return 4 if mode == LSTM else 3 if mode == GRU else 1
+
+
+def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_sizes,
+            w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    """Run one direction of one layer over a packed batch.
+
+    x (N, I), batch_sizes (T,) intp, w_ih (G*H, I), w_hh (G*H, Hout), b_ih and b_hh
+    (G*H,) or None, w_hr (P, H) or None, h0 (B, Hout), c0 (B, H) for LSTM else None; all
+    C-contiguous, of one float dtype. Returns out (N, Hout), h_n (B, Hout), c_n (B, H) or
+    None, and when training the saved activations (gates or None, cs or None, ms or None).
+    """
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
+        return _forward(<float> 0, mode, reset_after, reverse, training, x, batch_sizes,
+                        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
+        return _forward(<double> 0, mode, reset_after, reverse, training, x, batch_sizes,
+                        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    raise TypeError("x must be a float32 or float64 array")
+
+
+cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
+                     x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
+    cdef int G = _gates(mode)
+    cdef const floating *px = <const floating *> _data(x, tn, 2, -1, -1, "x")
+    cdef Py_ssize_t N = _dim(x, 0), I = _dim(x, 1)
+    cdef const floating *pwih = <const floating *> _data(w_ih, tn, 2, -1, I, "w_ih")
+    cdef Py_ssize_t GH = _dim(w_ih, 0), H = GH // G
+    if GH != G * H or H == 0:
+        raise ValueError(f"w_ih must have a positive multiple of {G} rows, got {GH}")
+    cdef const floating *pwhr = <const floating *> _opt(w_hr, tn, 2, -1, H, "w_hr")
+    cdef Py_ssize_t P = 0 if w_hr is None else _dim(w_hr, 0)
+    cdef Py_ssize_t Hout = P if P > 0 else H
+    cdef const floating *pwhh = <const floating *> _data(w_hh, tn, 2, GH, Hout, "w_hh")
+    cdef const floating *pbih = <const floating *> _opt(b_ih, tn, 1, GH, -1, "b_ih")
+    cdef const floating *pbhh = <const floating *> _opt(b_hh, tn, 1, GH, -1, "b_hh")
+    if (pbih == NULL) != (pbhh == NULL):
+        raise ValueError("b_ih and b_hh must be both given or both None")
+    cdef const floating *ph0 = <const floating *> _data(h0, tn, 2, -1, Hout, "h0")
+    cdef Py_ssize_t B = _dim(h0, 0)
+    cdef bint lstm = mode == LSTM
+    if lstm == (c0 is None):
+        raise ValueError("c0 is needed for LSTM and only for LSTM")
+    cdef const floating *pc0 = <const floating *> _opt(c0, tn, 2, B, H, "c0")
+    if P and not lstm:
+        raise ValueError("only LSTM takes a projection")
+    cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
+    cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
+    cdef Py_ssize_t SH = S * H, chunk, j
+
+    # outputs and saved activations
+    cdef cnp.ndarray out = _new(tn, N, Hout, False)
+    cdef cnp.ndarray h = _copy(h0)
+    cdef cnp.ndarray c = _copy(c0) if lstm else None
+    cdef cnp.ndarray gates = None, cs = None, ms = None
+    if training:
+        gates = out if S == 1 else _new(tn, N, SH, False)
+        cs = _new(tn, N, H, False) if lstm else None
+        ms = _new(tn, N, H, False) if P else None
+        chunk = N
+    else:
+        chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (CHUNK_SHARE_OF_OUTPUT * SH)))
+
+    # scratch: fused bias, b_hn, per-step projection, packed weights, inference buffers
+    cdef Py_ssize_t sizes[3]
+    cdef Py_ssize_t npack = (_packed_sizes(False, mode, reset_after, H, Hout, P, sizes)
+                             if use_packed(floating is float, B, GH, Hout) else 0)
+    cdef Py_ssize_t nscratch = GH + H + B * GH + npack
+    if not training:
+        nscratch += chunk * SH + (B * H if P else 0)
+    cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
+    cdef floating *scratch = <floating *> malloc(max(1, nscratch) * sizeof(floating))
+    if scratch == NULL:
+        free(off)
+        raise MemoryError()
+    cdef floating *pb = scratch
+    cdef floating *pbhn = pb + GH
+    cdef floating *pgh = pbhn + H
+    cdef floating *ppk = pgh + B * GH
+    cdef floating *pg = (<floating *> cnp.PyArray_DATA(gates)) if training else ppk + npack
+    cdef floating *pms = NULL
+    if P:
+        pms = (<floating *> cnp.PyArray_DATA(ms)) if training else pg + chunk * SH
+    cdef const Py_ssize_t *pbs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
+    cdef floating *ph = <floating *> cnp.PyArray_DATA(h)
+    cdef floating *pc = (<floating *> cnp.PyArray_DATA(c)) if lstm else NULL
+    cdef floating *pout = <floating *> cnp.PyArray_DATA(out)
+    cdef floating *pcs = (<floating *> cnp.PyArray_DATA(cs)) if (training and lstm) else NULL
+    try:
+        # b_ih + b_hh, but the reset-after GRU keeps b_hn apart: r multiplies W_hn h + b_hn
+        for j in range(GH):
+            pb[j] = (pbih[j] + pbhh[j]) if pbih != NULL else 0
+        for j in range(H):
+            pbhn[j] = 0
+        if pbih != NULL and mode == GRU and reset_after:
+            for j in range(H):
+                pb[2 * H + j] = pbih[2 * H + j]
+                pbhn[j] = pbhh[2 * H + j]
+        with nogil:
+            forward_loop(mode, reset_after, reverse, training, T, I, H, Hout, P, SH, chunk,
+                         pbs, off, px, pwih, pwhh, pb, pbhn, pwhr, ph, pc, pout, pg, pcs,
+                         pms, pgh, ppk if npack else NULL)
+    finally:
+        free(scratch)
+        free(off)
+    saved = ((gates if S > 1 else None), cs, ms) if training else None
+    return out, h, c, saved
+
+
+def backward(int mode, bint reset_after, bint reverse, x, batch_sizes, h0, c0, w_ih, w_hh,
+             w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq):
+    """BPTT for one direction of one layer over a packed batch.
+
+    Takes forward()'s inputs and outputs, its saved (gates, cs, ms), dout (N, Hout),
+    dh_n (B, Hout), dc_n (B, H) for LSTM else None, and dh_seq: None or a writable
+    (N, Hout) array to receive each step's dL/dh_t. Returns dx, dh0, dc0 (or None) and
+    the gradients of w_ih, w_hh, the fused biases (b_ih, b_hh) and w_hr (or None).
+    """
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
+        return _backward(<float> 0, mode, reset_after, reverse, x, batch_sizes, h0, c0,
+                         w_ih, w_hh, w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
+        return _backward(<double> 0, mode, reset_after, reverse, x, batch_sizes, h0, c0,
+                         w_ih, w_hh, w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
+    raise TypeError("x must be a float32 or float64 array")
+
+
+cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x,
+                      batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
+                      dh_n, dc_n, dh_seq):
+    cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
+    cdef int G = _gates(mode)
+    cdef bint lstm = mode == LSTM
+    cdef bint gru_after = mode == GRU and reset_after
+    cdef const floating *px = <const floating *> _data(x, tn, 2, -1, -1, "x")
+    cdef Py_ssize_t N = _dim(x, 0), I = _dim(x, 1)
+    cdef const floating *pwih = <const floating *> _data(w_ih, tn, 2, -1, I, "w_ih")
+    cdef Py_ssize_t GH = _dim(w_ih, 0), H = GH // G
+    if GH != G * H or H == 0:
+        raise ValueError(f"w_ih must have a positive multiple of {G} rows, got {GH}")
+    cdef const floating *pwhr = <const floating *> _opt(w_hr, tn, 2, -1, H, "w_hr")
+    cdef Py_ssize_t P = 0 if w_hr is None else _dim(w_hr, 0)
+    cdef Py_ssize_t Hout = P if P > 0 else H
+    cdef const floating *pwhh = <const floating *> _data(w_hh, tn, 2, GH, Hout, "w_hh")
+    cdef const floating *ph0 = <const floating *> _data(h0, tn, 2, -1, Hout, "h0")
+    cdef Py_ssize_t B = _dim(h0, 0)
+    if lstm == (c0 is None) or lstm == (dc_n is None) or lstm == (cs is None):
+        raise ValueError("c0, dc_n and cs are needed for LSTM and only for LSTM")
+    cdef bint rnn = mode == RNN_TANH or mode == RNN_RELU
+    if (ms is not None) != (P > 0) or (gates is not None) == rnn:
+        raise ValueError("saved activations do not match the cell")
+    cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
+    cdef Py_ssize_t SH = S * H
+    cdef Py_ssize_t SD = 4 * H if gru_after else GH
+    cdef const floating *pc0 = <const floating *> _opt(c0, tn, 2, B, H, "c0")
+    cdef const floating *pout = <const floating *> _data(out, tn, 2, N, Hout, "out")
+    cdef const floating *pgates = <const floating *> _opt(gates, tn, 2, N, SH, "gates")
+    cdef const floating *pcs = <const floating *> _opt(cs, tn, 2, N, H, "cs")
+    cdef const floating *pms = <const floating *> _opt(ms, tn, 2, N, H, "ms")
+    cdef const floating *pdout = <const floating *> _data(dout, tn, 2, N, Hout, "dout")
+    _data(dh_n, tn, 2, B, Hout, "dh_n")
+    _opt(dc_n, tn, 2, B, H, "dc_n")
+    cdef floating *pseq = NULL
+    if dh_seq is not None:
+        pseq = <floating *> _data(dh_seq, tn, 2, N, Hout, "dh_seq", writable=True)
+    cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
+
+    # outputs; the GEMMs after the loop overwrite the weight gradients, unless T == 0
+    cdef bint empty = T == 0
+    cdef cnp.ndarray dx = _new(tn, N, I, False)
+    cdef cnp.ndarray dh = _copy(dh_n)
+    cdef cnp.ndarray dc = _copy(dc_n) if lstm else None
+    cdef cnp.ndarray dw_ih = _new(tn, GH, I, empty)
+    cdef cnp.ndarray dw_hh = _new(tn, GH, Hout, empty)
+    cdef cnp.ndarray db_ih = _new(tn, GH, -1, True)
+    cdef cnp.ndarray db_hh = _new(tn, GH, -1, True)
+    cdef cnp.ndarray dw_hr = _new(tn, P, H, empty) if P else None
+
+    cdef Py_ssize_t sizes[3]
+    cdef Py_ssize_t npack = (_packed_sizes(True, mode, reset_after, H, Hout, P, sizes)
+                             if use_packed(floating is float, B, GH, Hout) else 0)
+    cdef Py_ssize_t nscratch = N * SD + N * Hout + N * P + B * H + npack
+    cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
+    cdef floating *scratch = <floating *> malloc(max(1, nscratch) * sizeof(floating))
+    if scratch == NULL:
+        free(off)
+        raise MemoryError()
+    cdef floating *pdg = scratch
+    cdef floating *php = pdg + N * SD
+    cdef floating *pdhp = php + N * Hout
+    cdef floating *pdm = pdhp + N * P
+    cdef floating *ppk = pdm + B * H
+    cdef const Py_ssize_t *pbs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
+    cdef floating *pdh = <floating *> cnp.PyArray_DATA(dh)
+    cdef floating *pdc = (<floating *> cnp.PyArray_DATA(dc)) if lstm else NULL
+    cdef floating *pdx = <floating *> cnp.PyArray_DATA(dx)
+    cdef floating *pdwih = <floating *> cnp.PyArray_DATA(dw_ih)
+    cdef floating *pdwhh = <floating *> cnp.PyArray_DATA(dw_hh)
+    cdef floating *pdbih = <floating *> cnp.PyArray_DATA(db_ih)
+    cdef floating *pdbhh = <floating *> cnp.PyArray_DATA(db_hh)
+    cdef floating *pdwhr = (<floating *> cnp.PyArray_DATA(dw_hr)) if P else NULL
+    try:
+        with nogil:
+            backward_loop(mode, reset_after, reverse, T, N, I, H, Hout, P, SH, SD, pbs, off,
+                          px, ph0, pc0, pwih, pwhh, pwhr, pout, pgates, pcs, pms, pdout,
+                          pdh, pdc, pdg, php, pdhp, pdm, pseq, pdx, pdwih, pdwhh, pdbih,
+                          pdbhh, pdwhr, ppk if npack else NULL)
+    finally:
+        free(scratch)
+        free(off)
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
