@@ -3,7 +3,8 @@
 The per-step products run either on the packed AVX-512 kernel (small steps) or on BLAS
 (large steps, float64, other CPUs); each test forces one path with BLAS_STEP_WORK and
 picks shapes that reach the kernel's edge cases: 1 to 13 rows (every remainder of its
-6-row blocks, and the single-row two-panel path with an odd panel count), partial
+6-row blocks, the single-row two-panel path with an odd panel count, and one row times
+one panel of 1 to 3 vectors of columns), partial
 64-column panels, ragged batches whose step sizes shrink, both directions.
 """
 import numpy as np
@@ -30,7 +31,7 @@ def step_path(request, monkeypatch):
 
 
 @pytest.mark.parametrize("mode,reset_after,P", CASES)
-@pytest.mark.parametrize("H", [5, 70])
+@pytest.mark.parametrize("H", [5, 20, 40, 70])
 @pytest.mark.parametrize("lengths", [[9] * 13, [9, 9, 8, 7, 7, 6, 5, 4, 3, 3, 2, 1, 1], [9]],
                          ids=["full", "ragged", "single"])
 @pytest.mark.parametrize("reverse", [False, True])

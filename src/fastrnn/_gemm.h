@@ -150,36 +150,47 @@ fr_row2(long k, const float *a, const float *p0, const float *p1, float *c, long
 
 /* One row times one panel, the k loop split over two sets of accumulators: the
  * backward's step (dG @ W_hh) has a long k and often a single panel, where 4 chains
- * along k leave the FMA pipes waiting on latency. */
-__attribute__((target("avx512f"))) static void
-fr_row1(long k, const float *a, const float *panel, float *c, long ncols, int accumulate)
+ * along k leave the FMA pipes waiting on latency. NV (1 to 4, a compile-time constant
+ * at each call) is the number of 16-column vectors that hold columns: a narrow output
+ * (H = 32) needs only 2 of the panel's 4. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+fr_row1_nv(const int NV, long k, const float *a, const float *panel, float *c, long ncols,
+           int accumulate)
 {
     __m512 acc[8];
-    for (int v = 0; v < 8; v++)
+    for (int v = 0; v < 2 * NV; v++)
         acc[v] = _mm512_setzero_ps();
     long kk = 0;
     for (; kk + 2 <= k; kk += 2) {
         __m512 a0 = _mm512_set1_ps(a[kk]), a1 = _mm512_set1_ps(a[kk + 1]);
-        for (int v = 0; v < 4; v++) {
+        for (int v = 0; v < NV; v++) {
             acc[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), acc[v]);
-            acc[4 + v] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(panel + (kk + 1) * FR_NR + 16 * v),
-                                         acc[4 + v]);
+            acc[NV + v] = _mm512_fmadd_ps(
+                a1, _mm512_loadu_ps(panel + (kk + 1) * FR_NR + 16 * v), acc[NV + v]);
         }
     }
     if (kk < k) {
         __m512 a0 = _mm512_set1_ps(a[kk]);
-        for (int v = 0; v < 4; v++)
+        for (int v = 0; v < NV; v++)
             acc[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), acc[v]);
     }
-    for (int v = 0; v < 4; v++) {
-        long left = ncols - 16 * v;
-        if (left <= 0)
-            break;
-        __mmask16 m = fr_mask(left);
-        __m512 r = _mm512_add_ps(acc[v], acc[4 + v]);
+    for (int v = 0; v < NV; v++) {
+        __mmask16 m = fr_mask(ncols - 16 * v);
+        __m512 r = _mm512_add_ps(acc[v], acc[NV + v]);
         if (accumulate)
             r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * v));
         _mm512_mask_storeu_ps(c + 16 * v, m, r);
+    }
+}
+
+__attribute__((target("avx512f"))) static void
+fr_row1(long k, const float *a, const float *panel, float *c, long ncols, int accumulate)
+{
+    switch ((ncols + 15) / 16) {
+    case 1: fr_row1_nv(1, k, a, panel, c, ncols, accumulate); break;
+    case 2: fr_row1_nv(2, k, a, panel, c, ncols, accumulate); break;
+    case 3: fr_row1_nv(3, k, a, panel, c, ncols, accumulate); break;
+    default: fr_row1_nv(4, k, a, panel, c, ncols, accumulate); break;
     }
 }
 
