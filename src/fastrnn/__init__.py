@@ -1,5 +1,14 @@
-"""fastrnn: compiled RNN, LSTM and GRU layers for the CPU, forward and backward through time."""
+"""fastrnn: compiled RNN, LSTM and GRU layers for the CPU, forward and backward through time.
+
+The layers are ``fastrnn.RNN``, ``fastrnn.LSTM`` and ``fastrnn.GRU``; around them
+``fastrnn.Dense``, ``fastrnn.functional`` (activations, losses), ``fastrnn.optim``
+(SGD, Adam, gradient clipping), ``fastrnn.io`` (npz checkpoints), ``fastrnn.models`` (the
+classic architectures) and ``fastrnn.diagnostics`` (gradient flow through time).
+"""
+from . import diagnostics, functional, io, models, optim
 from ._version import __version__
+from .dense import Dense
 from .layers import GRU, LSTM, RNN
 
-__all__ = ["RNN", "LSTM", "GRU", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "Dense", "functional", "optim", "io", "models",
+           "diagnostics", "__version__"]
