@@ -1,0 +1,11 @@
+"""Issue 4's grid (and issue 2's pair, where the reference is timed too): RNN (tanh), LSTM and
+GRU at (T, B, I=H), inference and training step, float32. Parametrised over ``POINTS`` x
+passes x implementations by ``conftest.pytest_generate_tests``."""
+from fastrnn._peers import CELLS, Point
+from fastrnn.bench import GRID
+
+POINTS = [Point(cell, T, B, I, H) for cell in CELLS for (T, B, I, H) in GRID]
+
+
+def test_grid(bench_rnn, point, pass_, impl):
+    bench_rnn(point, pass_, impl)
