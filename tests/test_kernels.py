@@ -91,3 +91,47 @@ def test_compiled_float32_matches_reference(step_path, mode, reset_after, P, H, 
     assert grads.keys() == r_grads.keys()
     for k in grads:
         close(grads[k], r_grads[k], k)
+
+
+def _lstm_args(**change):
+    rng = np.random.default_rng(0)
+    H, I, B, T = 4, 3, 2, 3
+    args = dict(x=rng.standard_normal((B * T, I)), batch_sizes=np.full(T, B, np.intp),
+                w_ih=rng.standard_normal((4 * H, I)), w_hh=rng.standard_normal((4 * H, H)),
+                b_ih=np.zeros(4 * H), b_hh=np.zeros(4 * H), w_hr=None,
+                h0=np.zeros((B, H)), c0=np.zeros((B, H)))
+    args.update(change)
+    return args
+
+
+def _forward(**args):
+    a = _lstm_args(**args)
+    return _kernels.forward(_kernels.MODES["LSTM"], True, False, True, a["x"],
+                            a["batch_sizes"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                            a["w_hr"], a["h0"], a["c0"])
+
+
+@pytest.mark.parametrize("change,error", [
+    (dict(batch_sizes=np.array([2, 2, 1], np.intp)), "sum to 5 rows"),
+    (dict(batch_sizes=np.array([2, 1, 3], np.intp)), "never grow"),
+    (dict(batch_sizes=np.array([1, 1, 1, 1, 1, 1], np.intp)), "start at B"),
+    (dict(batch_sizes=np.full(3, 2, np.int32)), "batch_sizes"),
+    (dict(w_hh=np.zeros((16, 5))), "w_hh"),
+    (dict(w_ih=np.zeros((15, 3))), "multiple of 4"),
+    (dict(h0=np.zeros((2, 4), np.float32)), "h0"),
+    (dict(c0=np.zeros((3, 4))), "c0"),
+    (dict(c0=None), "needed for LSTM"),
+    (dict(b_hh=None), "both given"),
+    (dict(x=np.zeros((6, 6))[:, :3]), "C-contiguous"),
+])
+def test_kernels_reject_arrays_that_would_go_out_of_bounds(change, error):
+    """The entry points' own checks: no array the layers could get wrong reaches the loop."""
+    with pytest.raises(ValueError, match=error):
+        _forward(**change)
+
+
+def test_kernels_reject_non_float_input():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _forward(x=np.zeros((6, 3), np.int64))
+    out, h, c, saved = _forward()
+    assert out.shape == (6, 4) and h.shape == c.shape == (2, 4) and saved[0].shape == (6, 16)

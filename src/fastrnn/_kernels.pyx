@@ -457,6 +457,36 @@ cdef int _gates(int mode):
     return 4 if mode == LSTM else 3 if mode == GRU else 1
 
 
+cdef struct Dims:
+    # rows, inputs, hidden, gate rows, projection, state and batch sizes: N, I, H, G*H, P,
+    # Hout, B (no single capital letters as fields: <complex.h> defines I)
+    Py_ssize_t rows, inputs, hidden, gate_rows, proj, hout, batch
+
+
+cdef Dims _dims(int mode, int tn, x, w_ih, w_hh, w_hr, h0) except *:
+    """The sizes of a layer's problem, after checking x, the weights and h0 against each
+    other: x (N, I), w_ih (G*H, I), w_hh (G*H, Hout), w_hr (P, H) or None, h0 (B, Hout)."""
+    cdef Dims d
+    memset(&d, 0, sizeof(d))
+    cdef int G = _gates(mode)
+    _data(x, tn, 2, -1, -1, "x")
+    d.rows, d.inputs = _dim(x, 0), _dim(x, 1)
+    _data(w_ih, tn, 2, -1, d.inputs, "w_ih")
+    d.gate_rows = _dim(w_ih, 0)
+    d.hidden = d.gate_rows // G
+    if d.gate_rows != G * d.hidden or d.hidden == 0:
+        raise ValueError(f"w_ih must have a positive multiple of {G} rows, got {d.gate_rows}")
+    _opt(w_hr, tn, 2, -1, d.hidden, "w_hr")
+    d.proj = 0 if w_hr is None else _dim(w_hr, 0)
+    if d.proj and mode != LSTM:
+        raise ValueError("only LSTM takes a projection")
+    d.hout = d.proj if d.proj > 0 else d.hidden
+    _data(w_hh, tn, 2, d.gate_rows, d.hout, "w_hh")
+    _data(h0, tn, 2, -1, d.hout, "h0")
+    d.batch = _dim(h0, 0)
+    return d
+
+
 def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_sizes,
             w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     """Run one direction of one layer over a packed batch.
@@ -478,29 +508,23 @@ def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_si
 cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
                      x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
-    cdef int G = _gates(mode)
-    cdef const floating *px = <const floating *> _data(x, tn, 2, -1, -1, "x")
-    cdef Py_ssize_t N = _dim(x, 0), I = _dim(x, 1)
-    cdef const floating *pwih = <const floating *> _data(w_ih, tn, 2, -1, I, "w_ih")
-    cdef Py_ssize_t GH = _dim(w_ih, 0), H = GH // G
-    if GH != G * H or H == 0:
-        raise ValueError(f"w_ih must have a positive multiple of {G} rows, got {GH}")
-    cdef const floating *pwhr = <const floating *> _opt(w_hr, tn, 2, -1, H, "w_hr")
-    cdef Py_ssize_t P = 0 if w_hr is None else _dim(w_hr, 0)
-    cdef Py_ssize_t Hout = P if P > 0 else H
-    cdef const floating *pwhh = <const floating *> _data(w_hh, tn, 2, GH, Hout, "w_hh")
+    cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
+    cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
+    cdef Py_ssize_t P = d.proj, Hout = d.hout, B = d.batch
+    cdef const floating *px = <const floating *> cnp.PyArray_DATA(x)
+    cdef const floating *pwih = <const floating *> cnp.PyArray_DATA(w_ih)
+    cdef const floating *pwhh = <const floating *> cnp.PyArray_DATA(w_hh)
+    cdef const floating *pwhr = NULL
+    if w_hr is not None:
+        pwhr = <const floating *> cnp.PyArray_DATA(w_hr)
     cdef const floating *pbih = <const floating *> _opt(b_ih, tn, 1, GH, -1, "b_ih")
     cdef const floating *pbhh = <const floating *> _opt(b_hh, tn, 1, GH, -1, "b_hh")
     if (pbih == NULL) != (pbhh == NULL):
         raise ValueError("b_ih and b_hh must be both given or both None")
-    cdef const floating *ph0 = <const floating *> _data(h0, tn, 2, -1, Hout, "h0")
-    cdef Py_ssize_t B = _dim(h0, 0)
     cdef bint lstm = mode == LSTM
     if lstm == (c0 is None):
         raise ValueError("c0 is needed for LSTM and only for LSTM")
-    cdef const floating *pc0 = <const floating *> _opt(c0, tn, 2, B, H, "c0")
-    if P and not lstm:
-        raise ValueError("only LSTM takes a projection")
+    _opt(c0, tn, 2, B, H, "c0")
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
     cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
     cdef Py_ssize_t SH = S * H, chunk, j
@@ -586,21 +610,18 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
                       batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
                       dh_n, dc_n, dh_seq):
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
-    cdef int G = _gates(mode)
     cdef bint lstm = mode == LSTM
     cdef bint gru_after = mode == GRU and reset_after
-    cdef const floating *px = <const floating *> _data(x, tn, 2, -1, -1, "x")
-    cdef Py_ssize_t N = _dim(x, 0), I = _dim(x, 1)
-    cdef const floating *pwih = <const floating *> _data(w_ih, tn, 2, -1, I, "w_ih")
-    cdef Py_ssize_t GH = _dim(w_ih, 0), H = GH // G
-    if GH != G * H or H == 0:
-        raise ValueError(f"w_ih must have a positive multiple of {G} rows, got {GH}")
-    cdef const floating *pwhr = <const floating *> _opt(w_hr, tn, 2, -1, H, "w_hr")
-    cdef Py_ssize_t P = 0 if w_hr is None else _dim(w_hr, 0)
-    cdef Py_ssize_t Hout = P if P > 0 else H
-    cdef const floating *pwhh = <const floating *> _data(w_hh, tn, 2, GH, Hout, "w_hh")
-    cdef const floating *ph0 = <const floating *> _data(h0, tn, 2, -1, Hout, "h0")
-    cdef Py_ssize_t B = _dim(h0, 0)
+    cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
+    cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
+    cdef Py_ssize_t P = d.proj, Hout = d.hout, B = d.batch
+    cdef const floating *px = <const floating *> cnp.PyArray_DATA(x)
+    cdef const floating *pwih = <const floating *> cnp.PyArray_DATA(w_ih)
+    cdef const floating *pwhh = <const floating *> cnp.PyArray_DATA(w_hh)
+    cdef const floating *pwhr = NULL
+    if w_hr is not None:
+        pwhr = <const floating *> cnp.PyArray_DATA(w_hr)
+    cdef const floating *ph0 = <const floating *> cnp.PyArray_DATA(h0)
     if lstm == (c0 is None) or lstm == (dc_n is None) or lstm == (cs is None):
         raise ValueError("c0, dc_n and cs are needed for LSTM and only for LSTM")
     cdef bint rnn = mode == RNN_TANH or mode == RNN_RELU

@@ -117,6 +117,18 @@ def _alias(hx, h0):
     return h0
 
 
+def _stack_states(parts, order, shape):
+    """Per (layer, direction) states (B, size), in the length-sorted batch order, as one
+    array of the layer's state shape in the caller's batch order."""
+    if len(parts) == 1 and order is None:
+        states = parts[0][None]
+    else:
+        states = np.stack(parts)
+        if order is not None:
+            states[:, order] = states.copy()
+    return states.reshape(shape)
+
+
 def _shape_str(shape) -> str:
     return str(tuple(int(s) for s in shape))
 
@@ -703,20 +715,8 @@ class RNNBase:
             out = np.zeros(out_shape, dtype=dt)
             out[idx] = inp
 
-        if len(hns) == 1 and order is None:
-            h_n = hns[0][None]
-            c_n = cns[0][None] if lstm else None
-        else:
-            h_n = np.stack(hns)
-            c_n = np.stack(cns) if lstm else None
-            if order is not None:
-                h_n[:, order] = h_n.copy()
-                if lstm:
-                    c_n[:, order] = c_n.copy()
-        if not batched:
-            h_n = h_n.reshape(state_shape)
-            if lstm:
-                c_n = c_n.reshape(c_state_shape)
+        h_n = _stack_states(hns, order, state_shape)
+        c_n = _stack_states(cns, order, c_state_shape) if lstm else None
 
         cache = None
         if training:
@@ -888,20 +888,8 @@ class RNNBase:
             dxo[idx] = g
 
         # ---- initial-state gradients
-        if len(dh0s) == 1 and order is None:
-            dh0 = dh0s[0][None]
-            dc0 = dc0s[0][None] if lstm else None
-        else:
-            dh0 = np.stack(dh0s)
-            dc0 = np.stack(dc0s) if lstm else None
-            if order is not None:
-                dh0[:, order] = dh0.copy()
-                if lstm:
-                    dc0[:, order] = dc0.copy()
-        if not batched:
-            dh0 = dh0.reshape(state_shape)
-            if lstm:
-                dc0 = dc0.reshape(c_state_shape)
+        dh0 = _stack_states(dh0s, order, state_shape)
+        dc0 = _stack_states(dc0s, order, c_state_shape) if lstm else None
 
         grads = {}
         for info, gr in zip(self._pinfo, grads_kd):
