@@ -129,6 +129,15 @@ def _stack_states(parts, order, shape):
     return states.reshape(shape)
 
 
+def _passed_states(states, shape, dtype):
+    """States (L*D, B, size) passed through a call with no steps (T = 0 or B = 0): a copy
+    in the layer's state shape, or zeros where there are none. No batch order to undo:
+    lengths need T >= 1, and a batch of none is never reordered."""
+    if states is None:
+        return np.zeros(shape, dtype=dtype)
+    return np.array(states, dtype=dtype, copy=True).reshape(shape)
+
+
 def _shape_str(shape) -> str:
     return str(tuple(int(s) for s in shape))
 
@@ -651,7 +660,7 @@ class RNNBase:
 
         if N == 0:
             return self._forward_empty(T, B, out_shape, state_shape, c_state_shape, h0, c0,
-                                       order, training, xu, batched)
+                                       training, xu, batched)
 
         zh = zc = None
         if h0 is None:
@@ -727,33 +736,19 @@ class RNNBase:
             )
         return out, h_n, c_n, cache
 
-    def _forward_empty(self, T, B, out_shape, state_shape, c_state_shape, h0, c0, order,
+    def _forward_empty(self, T, B, out_shape, state_shape, c_state_shape, h0, c0,
                        training, xu, batched):
         dt = self._dtype
         lstm = self._mode == "LSTM"
         out = np.zeros(out_shape, dtype=dt)
-        if h0 is None:
-            h_n = np.zeros(state_shape, dtype=dt)
-        else:
-            h_n = h0.copy()
-            if order is not None:
-                h_n[:, order] = h0
-            h_n = h_n.reshape(state_shape)
-        c_n = None
-        if lstm:
-            if c0 is None:
-                c_n = np.zeros(c_state_shape, dtype=dt)
-            else:
-                c_n = c0.copy()
-                if order is not None:
-                    c_n[:, order] = c0
-                c_n = c_n.reshape(c_state_shape)
+        h_n = _passed_states(h0, state_shape, dt)
+        c_n = _passed_states(c0, c_state_shape, dt) if lstm else None
         cache = None
         if training:
             cache = Cache(
                 owner=self, backend=self._be, T=T, B=B, N=0, batched=batched,
                 x_shape=xu.shape, out_shape=out_shape, state_shape=state_shape,
-                batch_sizes=None, order=order, idx=None, layers=None,
+                batch_sizes=None, order=None, idx=None, layers=None,
             )
         return out, h_n, c_n, cache
 
@@ -925,20 +920,10 @@ class RNNBase:
         lstm = self._mode == "LSTM"
         B, T = cache.B, cache.T
         L, D, Hout, H = self._num_layers, self._D, self._Hout, self._H
-        order = cache.order
         dx = np.zeros(cache.x_shape, dtype=dt)
-
-        def back(a, shape, size):
-            if a is None:
-                return np.zeros(shape, dtype=dt)
-            r = np.array(a, dtype=dt, copy=True)
-            if order is not None:
-                r[:, order] = a
-            return r.reshape(shape)
-
-        dh0 = back(dh, cache.state_shape, Hout)
+        dh0 = _passed_states(dh, cache.state_shape, dt)
         c_shape = (L * D, B, H) if cache.batched else (L * D, H)
-        dc0 = back(dc, c_shape, H) if lstm else None
+        dc0 = _passed_states(dc, c_shape, dt) if lstm else None
         grads = {k: np.zeros(s, dtype=dt) for k, s in self._shapes.items()}
         res = (dx, (dh0, dc0) if lstm else dh0, grads)
         if hidden_grads:
