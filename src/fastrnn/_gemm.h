@@ -35,12 +35,13 @@ static inline size_t fr_packed_size(long n, long k)
     return (size_t)((n + FR_NR - 1) / FR_NR) * FR_NR * (size_t)k;
 }
 
-/* Pack op(W) (k x n) for the kernel. trans != 0: W is stored (n x k) with row stride ldw,
- * as torch stores weights, and op(W) = W^T. trans == 0: W is stored (k x n). */
-static void fr_pack(int trans, long n, long k, const float *w, long ldw, float *packed)
+/* Pack panels [p0, p1) of op(W) (k x n) for the kernel. trans != 0: W is stored (n x k)
+ * with row stride ldw, as torch stores weights, and op(W) = W^T. trans == 0: W is stored
+ * (k x n). Threads that split the GEMM by panels pack their own panels. */
+static void fr_pack_panels(int trans, long n, long k, const float *w, long ldw, float *packed,
+                           long p0, long p1)
 {
-    long panels = (n + FR_NR - 1) / FR_NR;
-    for (long p = 0; p < panels; p++) {
+    for (long p = p0; p < p1; p++) {
         float *dst = packed + p * FR_NR * k;
         for (long c = 0; c < FR_NR; c++) {
             long col = p * FR_NR + c;
@@ -58,6 +59,8 @@ static void fr_pack(int trans, long n, long k, const float *w, long ldw, float *
         }
     }
 }
+
+static inline long fr_panels(long n) { return (n + FR_NR - 1) / FR_NR; }
 
 #if FR_HAVE_KERNEL
 
@@ -195,7 +198,7 @@ fr_row1(long k, const float *a, const float *panel, float *c, long ncols, int ac
 }
 
 /* Panels [p, p_end) of C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W)
- * [+ C if accumulate], with op(W) packed by fr_pack. */
+ * [+ C if accumulate], with op(W) packed by fr_pack_panels. */
 __attribute__((target("avx512f"))) static void
 fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *packed,
                float *c, long ldc, int accumulate, long p, long p_end)
@@ -228,21 +231,15 @@ fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *pa
     }
 }
 
-/* C = A @ op(W) [+ C] over all panels. */
-static void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
-                           const float *packed, float *c, long ldc, int accumulate)
-{
-    fr_gemm_panels(m, n, k, a, lda, packed, c, ldc, accumulate, 0, (n + FR_NR - 1) / FR_NR);
-}
-
 #else
 
 static inline int fr_gemm_packed_ok(void) { return 0; }
-static void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
-                           const float *packed, float *c, long ldc, int accumulate)
+static void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
+                           const float *packed, float *c, long ldc, int accumulate, long p,
+                           long p_end)
 {
     (void)m; (void)n; (void)k; (void)a; (void)lda; (void)packed; (void)c; (void)ldc;
-    (void)accumulate;
+    (void)accumulate; (void)p; (void)p_end;
 }
 
 #endif

@@ -11,6 +11,14 @@
 # one GEMM dG @ W_hh; the weight gradients, bias gradients and dx are merged GEMMs and
 # column sums over all timesteps after the loop.
 #
+# Threads (_pool.h): a call runs the same loop on nth threads, each on its own block of
+# sequences (balanced by rows). Sequences do not interact, so the threads run the time
+# loop without meeting: a barrier (sync) only after the weights are packed and the
+# training input projection is made, and before the merged GEMMs of the backward, which
+# are split by their output. A barrier at every step would stall whenever another
+# library's spinning threads take a core for a time slice (OpenBLAS's idle workers spin
+# for about 0.1 s after each threaded call), and such stalls cost most of a step.
+#
 # Saved activations (training), S*H wide per row:
 #   RNN   none; the output h is the activation (S = 1 scratch for the input projection)
 #   LSTM  i, f, g, o                    + cs: c_t, + ms: m_t = o*tanh(c_t) with projection
@@ -24,6 +32,7 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
 from ._blas cimport gemm
 
@@ -31,10 +40,25 @@ cnp.import_array()
 
 cdef extern from "_gemm.h" nogil:
     size_t fr_packed_size(long n, long k)
-    void fr_pack(int trans, long n, long k, const float *w, long ldw, float *packed)
-    void fr_gemm_packed(long m, long n, long k, const float *a, long lda,
-                        const float *packed, float *c, long ldc, int accumulate)
+    long fr_panels(long n)
+    void fr_pack_panels(int trans, long n, long k, const float *w, long ldw, float *packed,
+                        long p0, long p1)
+    void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
+                        const float *packed, float *c, long ldc, int accumulate, long p0,
+                        long p1)
     int fr_gemm_packed_ok()
+
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*fr_task_fn)(void *ctx, int tid, int nth) noexcept nogil
+    enum: FR_MAX_THREADS
+    enum: FR_MAX_THREADS_1  # FR_MAX_THREADS + 1
+    int fr_threads_cap
+    int fr_blas_bind(void *blas_symbol)
+    int fr_pool_begin(int want)
+    void fr_pool_end(int nth)
+    void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
+    void fr_barrier(int tid, int nth)
+    void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
 
 from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
                         gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
@@ -48,10 +72,72 @@ cdef enum:
 
 MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
 
+# Whether the pool can take over scipy's BLAS threads (see _pool.h); else one thread.
+cdef bint _blas_bound = fr_blas_bind(<void *> _blas_sgemm)
+
 
 # ---------------------------------------------------------------------------------------
-# The per-step GEMMs: a few rows times a weight that is the same at every step. For float32
-# on AVX-512 machines the weight is packed once per call (_gemm.h); otherwise BLAS.
+# Threads
+
+# Below this many multiply-adds in a call (N*G*H*(I+Hout)) it runs on one thread: waking
+# a sleeping worker and meeting it at the end cost tens of microseconds.
+THREAD_CALL_WORK = 1 << 21
+
+
+def threads_available():
+    """Whether calls can run on several threads (scipy's BLAS is OpenBLAS on pthreads)."""
+    return bool(_blas_bound)
+
+
+def set_max_threads(int n):
+    """Cap the threads of a call (n >= 1); by default a call takes as many as BLAS has."""
+    global fr_threads_cap
+    if n < 1:
+        raise ValueError(f"the thread count must be at least 1, got {n}")
+    fr_threads_cap = min(n, FR_MAX_THREADS)
+
+
+def get_max_threads():
+    return fr_threads_cap
+
+
+cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K):
+    """Threads worth a call of N rows in a batch of B (threads split the sequences)."""
+    if B < 2 or N * GH * K < THREAD_CALL_WORK:
+        return 1
+    return <int> min(B, FR_MAX_THREADS)
+
+
+cdef Py_ssize_t _split_sequences(const Py_ssize_t *bs, Py_ssize_t T, Py_ssize_t B,
+                                 Py_ssize_t N, int nth, Py_ssize_t *seqs, Py_ssize_t chunk):
+    """Give thread k the sequences seqs[k] <= b < seqs[k + 1], about N / nth rows each
+    (sequence b has as many rows as steps t with bs[t] > b); return the rows of a thread's
+    inference chunk: its share of chunk, but at least its rows of one step."""
+    cdef Py_ssize_t b, k = 1, steps = T, done = 0, widest = 0
+    seqs[0] = 0
+    for b in range(B):
+        while steps > 0 and bs[steps - 1] <= b:
+            steps -= 1
+        done += steps
+        while k < nth and done * nth >= N * k:
+            seqs[k] = b + 1
+            k += 1
+    while k <= nth:
+        seqs[k] = B
+        k += 1
+    for k in range(nth):
+        widest = max(widest, seqs[k + 1] - seqs[k])
+    return chunk if nth == 1 else max((chunk + nth - 1) // nth, widest)
+
+
+cdef inline void sync(int tid, int nth) noexcept nogil:
+    fr_barrier(tid, nth)
+
+
+# ---------------------------------------------------------------------------------------
+# GEMMs. The per-step GEMMs multiply a few rows by a weight that is the same at every step:
+# for float32 on AVX-512 machines the weight is packed once per call (_gemm.h), the threads
+# packing a share of its panels each; otherwise BLAS.
 
 cdef inline void step_gemm(const floating *packed, int m, int n, int k,
                            const floating *a, int lda, bint trans_w, const floating *w,
@@ -59,25 +145,41 @@ cdef inline void step_gemm(const floating *packed, int m, int n, int k,
     """C (m x n) = A (m x k) @ op(W) [+ C]; op(W) = W^T (W stored n x k) if trans_w."""
     if floating is float:
         if packed != NULL:
-            fr_gemm_packed(m, n, k, a, lda, packed, c, ldc, accumulate)
+            fr_gemm_panels(m, n, k, a, lda, packed, c, ldc, accumulate, 0, fr_panels(n))
             return
     gemm(False, trans_w, m, n, k, <floating> 1, a, lda, w, ldw,
          <floating> (1 if accumulate else 0), c, ldc)
 
 
-cdef inline floating *pack_weight(floating *dst, bint trans_w, Py_ssize_t n, Py_ssize_t k,
-                                  const floating *w, Py_ssize_t ldw) noexcept nogil:
-    """Pack op(W) (k x n) at dst, or return NULL when packing is off (dst NULL, double)."""
+cdef inline floating *pack_weight(int tid, int nth, floating *dst, bint trans_w,
+                                  Py_ssize_t n, Py_ssize_t k, const floating *w,
+                                  Py_ssize_t ldw) noexcept nogil:
+    """Pack this thread's share of the panels of op(W) (k x n) at dst (sync before use),
+    or return NULL when packing is off (dst NULL, double)."""
+    cdef long lo, hi
     if floating is float:
         if dst != NULL:
-            fr_pack(trans_w, n, k, w, ldw, dst)
+            fr_split(fr_panels(n), 1, tid, nth, &lo, &hi)
+            fr_pack_panels(trans_w, n, k, w, ldw, dst, lo, hi)
             return dst
     return NULL
 
 
-cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t H,
-                              Py_ssize_t Hout, Py_ssize_t P, Py_ssize_t *sizes) noexcept nogil:
-    """Floats for the packed W_hh block of the step GEMM, W_hn (reset-before GRU) and W_hr.
+cdef inline void gemm_rows(int tid, int nth, bint trans_a, bint trans_b, int m, int n, int k,
+                           const floating *a, int lda, const floating *b, int ldb,
+                           floating beta, floating *c, int ldc) noexcept nogil:
+    """This thread's rows of C (m x n) = op(A) @ op(B) + beta * C."""
+    cdef long lo, hi
+    fr_split(m, 16, tid, nth, &lo, &hi)
+    gemm(trans_a, trans_b, <int> (hi - lo), n, k, <floating> 1,
+         a + (lo if trans_a else lo * lda), lda, b, ldb, beta, c + lo * ldc, ldc)
+
+
+cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t I,
+                              Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P,
+                              Py_ssize_t *sizes) noexcept nogil:
+    """Floats for the packed W_hh block of the step GEMM, W_hn (reset-before GRU), W_hr and
+    (forward) W_ih, in sizes[0:4]; returns their sum.
 
     Forward multiplies by W^T, backward by W, so the packed shapes are transposed.
     """
@@ -86,18 +188,21 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
     if backward:
         sizes[0] = fr_packed_size(Hout, K)
         sizes[2] = fr_packed_size(H, P) if P > 0 else 0
+        sizes[3] = 0
     else:
         sizes[0] = fr_packed_size(K, Hout)
         sizes[2] = fr_packed_size(P, H) if P > 0 else 0
+        sizes[3] = fr_packed_size(G * H, I)
     sizes[1] = fr_packed_size(H, H) if (mode == GRU and not reset_after) else 0
-    return sizes[0] + sizes[1] + sizes[2]
+    return sizes[0] + sizes[1] + sizes[2] + sizes[3]
 
 
-# From this many multiply-adds per step on, BLAS takes the step GEMMs: its threads beat the
-# single-threaded packed kernel despite repacking (measured: at 16 x 256 x 1024 the packed
-# kernel ran at 115 GF/s against OpenBLAS's 72, at 64 x 256 x 1024 they were even, and at
-# 64 x 512 x 2048 OpenBLAS on two threads reaches 280-370 GF/s).
-BLAS_STEP_WORK = 1 << 24
+# From this many multiply-adds per step on, BLAS takes the step GEMMs. Off by default:
+# with the pool, a call's threads each run either the packed kernel or one-thread BLAS
+# on their share of the step, and the packed kernel is the faster of the two at every
+# size measured (it skips BLAS's packing of the weight at every step); kept so that tests
+# can force the BLAS path.
+BLAS_STEP_WORK = 1 << 62
 
 
 def packed_kernel_available():
@@ -113,12 +218,14 @@ cdef bint use_packed(bint is_float, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t Hout
 # ---------------------------------------------------------------------------------------
 # Small helpers
 
-cdef inline void colsum_add(Py_ssize_t rows, Py_ssize_t cols, const floating *a,
-                            Py_ssize_t lda, floating *out) noexcept nogil:
-    """out[:cols] += a[:rows, :cols].sum(axis=0)."""
+cdef inline void colsum_add(int tid, int nth, Py_ssize_t rows, Py_ssize_t cols,
+                            const floating *a, Py_ssize_t lda, floating *out) noexcept nogil:
+    """out[j] += a[:rows, j].sum() for this thread's columns j of [0, cols)."""
+    cdef long lo, hi
     cdef Py_ssize_t r, j
+    fr_split(cols, 16, tid, nth, &lo, &hi)
     for r in range(rows):
-        for j in range(cols):
+        for j in range(lo, hi):
             out[j] += a[r * lda + j]
 
 
@@ -156,220 +263,386 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # ---------------------------------------------------------------------------------------
 # Forward
 
-cdef void forward_loop(int mode, bint reset_after, bint reverse, bint training,
-                       Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t Hout,
-                       Py_ssize_t P, Py_ssize_t SH, Py_ssize_t chunk_rows,
-                       const Py_ssize_t *bs, const Py_ssize_t *off,
-                       const floating *px, const floating *pwih, const floating *pwhh,
-                       const floating *pb, const floating *pbhn, const floating *pwhr,
-                       floating *ph, floating *pc, floating *pout, floating *pgates,
-                       floating *pcs, floating *pms, floating *pgh, floating *ppk) noexcept nogil:
-    """One direction of one layer over a packed batch (buffers: see forward()).
+cdef struct FwdLoop:
+    # the problem (see forward_loop) and its buffers, typed by the task that runs it;
+    # inputs: I (<complex.h> defines I as a macro)
+    int mode, reset_after, reverse, training
+    Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
+    const Py_ssize_t *bs
+    const Py_ssize_t *off
+    const Py_ssize_t *seqs  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    void *px
+    void *pwih
+    void *pwhh
+    void *pb
+    void *pbhn
+    void *pwhr
+    void *ph
+    void *pc
+    void *pout
+    void *pgates
+    void *pxg
+    void *pcs
+    void *pms
+    void *pgh
+    void *ppk
 
-    ph and pc hold the initial states on entry and the final ones on exit; pgates has
-    SH floats a row: every row's saved activations when training, else chunk_rows rows
-    of scratch for the input projection. ppk is room for the packed weights, or NULL.
+
+cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept nogil:
+    """Thread tid's sequences of one direction of one layer over a packed batch.
+
+    ph and pc hold the initial states on entry and the final ones on exit; pgh is B x G*H
+    scratch for the step's recurrent projection; ppk is room for the packed weights, or
+    NULL. pgates has SH floats a row: when training every row's saved activations, else
+    each thread's chunk_rows rows of scratch for the input projection of a run of steps,
+    whose inputs come from pxg (chunk_rows x I per thread) where the thread's rows of x
+    are not one block (nth > 1).
     """
+    cdef int mode = L.mode
+    cdef bint reset_after = L.reset_after, reverse = L.reverse, training = L.training
+    cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P, SH = L.SH
+    cdef Py_ssize_t chunk_rows = L.chunk_rows
+    cdef const Py_ssize_t *bs = L.bs
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *px = <const floating *> L.px
+    cdef const floating *pwih = <const floating *> L.pwih
+    cdef const floating *pwhh = <const floating *> L.pwhh
+    cdef const floating *pb = <const floating *> L.pb
+    cdef const floating *pbhn = <const floating *> L.pbhn
+    cdef const floating *pwhr = <const floating *> L.pwhr
+    cdef floating *ph = <floating *> L.ph
+    cdef floating *pc = <floating *> L.pc
+    cdef floating *pout = <floating *> L.pout
+    cdef floating *pgates = <floating *> L.pgates
+    cdef floating *pcs = <floating *> L.pcs
+    cdef floating *pms = <floating *> L.pms
+    cdef floating *pgh = <floating *> L.pgh
+    cdef floating *ppk = <floating *> L.ppk
+    cdef floating *pxg = NULL
+
     cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
     cdef Py_ssize_t GH = G * H
     cdef bint gru_before = mode == GRU and not reset_after
-    cdef Py_ssize_t s, s_end, t, n, r0, b, row_base = 0, chunk_end = 0
+    cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
+    cdef Py_ssize_t s, s_end, t, u, n, r0, b, j, rows, pos = 0, row_base = 0, chunk_end = 0
     cdef floating *a
+    cdef floating *arow
     cdef floating *m
     cdef floating *hp
-    cdef Py_ssize_t sizes[3]
+    cdef Py_ssize_t sizes[4]
     cdef floating *pk_hh = NULL
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
+    cdef floating *pk_ih = NULL
+    cdef long lo_row, hi_row
     if ppk != NULL:
-        _packed_sizes(False, mode, reset_after, H, Hout, P, sizes)
-        pk_hh = pack_weight(ppk, True, 2 * H if gru_before else GH, Hout, pwhh, Hout)
+        _packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
+        pk_hh = pack_weight(tid, nth, ppk, True, 2 * H if gru_before else GH, Hout, pwhh,
+                            Hout)
         if gru_before:
-            pk_hn = pack_weight(ppk + sizes[0], True, H, H, pwhh + 2 * H * Hout, Hout)
+            pk_hn = pack_weight(tid, nth, ppk + sizes[0], True, H, H, pwhh + 2 * H * Hout,
+                                Hout)
         if P > 0:
-            pk_hr = pack_weight(ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
+            pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
+        if nth > 1:
+            # one thread: BLAS's own threads take the input projection, as there is
+            # nothing else to run beside the steps
+            pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
+                                pwih, I)
+        sync(tid, nth)
+    if training:
+        # the input projection of every row at once, the saved gates its output
+        fr_split(off[T], 1, tid, nth, &lo_row, &hi_row)
+        step_gemm(pk_ih, <int> (hi_row - lo_row), <int> GH, <int> I, px + lo_row * I,
+                  <int> I, True, pwih, <int> I, False, pgates + lo_row * SH, <int> SH)
+        sync(tid, nth)
+    elif nth > 1:
+        pgates += tid * chunk_rows * SH
+        pxg = <floating *> L.pxg + tid * chunk_rows * I
     for s in range(T):
         t = step_time(reverse, T, s)
-        n = bs[t]
         r0 = off[t]
-        if s == chunk_end:
-            # Project the inputs of the next run of timesteps in one GEMM: all of them
-            # when training (the buffer is the saved one), else about chunk_rows rows.
-            s_end = s + 1
-            if training:
-                s_end = T
-            else:
-                while s_end < T and span_rows(reverse, T, off, s, s_end + 1) <= chunk_rows:
+        n = min(bs[t], hi) - lo  # this thread's active rows: sequences lo <= b < lo + n
+        if n <= 0:  # none of its sequences is active at t
+            if chunk_end == s:
+                chunk_end = s + 1
+            continue
+        if training:
+            a = pgates + (r0 + lo) * SH
+        else:
+            if s == chunk_end:
+                # Project the inputs of the next run of steps, about chunk_rows rows, in
+                # one GEMM. With one thread they are one block of x (in the reverse order
+                # when reverse); else this thread's rows are gathered in visiting order.
+                s_end = s + 1
+                rows = n
+                while s_end < T:
+                    u = step_time(reverse, T, s_end)
+                    j = min(bs[u], hi) - lo
+                    if j <= 0 or rows + j > chunk_rows:
+                        break
+                    rows += j
                     s_end += 1
-            # the rows of the visited timesteps form one contiguous block either way
-            row_base = off[T - s_end] if reverse else off[s]
-            gemm(False, True, <int> span_rows(reverse, T, off, s, s_end), <int> GH,
-                 <int> I, <floating> 1, px + row_base * I, <int> I, pwih, <int> I,
-                 <floating> 0, pgates, <int> SH)
-            chunk_end = s_end
-        a = pgates + (r0 - row_base) * SH
+                if pxg == NULL:
+                    row_base = off[T - s_end] if reverse else off[s]
+                    step_gemm(pk_ih, <int> rows, <int> GH, <int> I, px + row_base * I,
+                              <int> I, True, pwih, <int> I, False, pgates, <int> SH)
+                else:
+                    j = 0
+                    for u in range(s, s_end):
+                        b = min(bs[step_time(reverse, T, u)], hi) - lo
+                        memcpy(pxg + j * I, px + (off[step_time(reverse, T, u)] + lo) * I,
+                               b * I * sizeof(floating))
+                        j += b
+                    step_gemm(pk_ih, <int> rows, <int> GH, <int> I, pxg, <int> I, True, pwih,
+                              <int> I, False, pgates, <int> SH)
+                pos = 0
+                chunk_end = s_end
+            if pxg == NULL:
+                a = pgates + (r0 - row_base) * SH
+            else:
+                a = pgates + pos * SH
+                pos += n
+        # from here rows are counted from lo: row b of this step is a + b * SH, state lo + b
+        hp = ph + lo * Hout
         if gru_before:
             # r and z first; n needs W_hn (r * h), a second GEMM on the critical path.
-            step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, ph, <int> Hout, True,
-                      pwhh, <int> Hout, False, pgh, <int> GH)
+            step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, hp, <int> Hout, True, pwhh,
+                      <int> Hout, False, pgh + lo * GH, <int> GH)
             for b in range(n):
-                gru_before_gates(H, a + b * SH, pgh + b * GH, pb, ph + b * Hout)
+                gru_before_gates(H, a + b * SH, pgh + (lo + b) * GH, pb, hp + b * Hout)
             step_gemm(pk_hn, <int> n, <int> H, <int> H, a + 3 * H, <int> SH, True,
-                      pwhh + 2 * H * Hout, <int> Hout, False, pgh + 2 * H, <int> GH)
+                      pwhh + 2 * H * Hout, <int> Hout, False, pgh + lo * GH + 2 * H, <int> GH)
             for b in range(n):
-                hp = ph + b * Hout
-                gru_before_out(H, a + b * SH, pgh + b * GH + 2 * H, pb, hp,
-                               pout + (r0 + b) * Hout)
-                memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
+                gru_before_out(H, a + b * SH, pgh + (lo + b) * GH + 2 * H, pb,
+                               hp + b * Hout, pout + (r0 + lo + b) * Hout)
+                memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
             continue
-        step_gemm(pk_hh, <int> n, <int> GH, <int> Hout, ph, <int> Hout, True, pwhh,
-                  <int> Hout, False, pgh, <int> GH)
+        step_gemm(pk_hh, <int> n, <int> GH, <int> Hout, hp, <int> Hout, True, pwhh,
+                  <int> Hout, False, pgh + lo * GH, <int> GH)
         for b in range(n):
-            hp = ph + b * Hout
+            arow = a + b * SH
             if mode == LSTM:
                 if P > 0:
-                    m = pms + ((r0 + b) if training else b) * H
+                    m = pms + ((r0 + lo + b) if training else (lo + b)) * H
                 else:
-                    m = pout + (r0 + b) * Hout
-                lstm_row(H, a + b * SH, pgh + b * GH, pb, pc + b * H, m)
+                    m = pout + (r0 + lo + b) * Hout
+                lstm_row(H, arow, pgh + (lo + b) * GH, pb, pc + (lo + b) * H, m)
                 if training:
-                    memcpy(pcs + (r0 + b) * H, pc + b * H, H * sizeof(floating))
+                    memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
                 if P == 0:
-                    memcpy(hp, m, H * sizeof(floating))
+                    memcpy(hp + b * Hout, m, H * sizeof(floating))
             elif mode == GRU:
-                gru_after_row(H, a + b * SH, pgh + b * GH, pb, pbhn, hp,
-                              pout + (r0 + b) * Hout)
-                memcpy(hp, pout + (r0 + b) * Hout, H * sizeof(floating))
+                gru_after_row(H, arow, pgh + (lo + b) * GH, pb, pbhn, hp + b * Hout,
+                              pout + (r0 + lo + b) * Hout)
+                memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
             else:
-                rnn_row(mode == RNN_RELU, H, a + b * SH, pgh + b * GH, pb)
+                rnn_row(mode == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
                 if not training:  # when training, a is the output row itself
-                    memcpy(pout + (r0 + b) * Hout, a + b * SH, H * sizeof(floating))
-                memcpy(hp, a + b * SH, H * sizeof(floating))
+                    memcpy(pout + (r0 + lo + b) * Hout, arow, H * sizeof(floating))
+                memcpy(hp + b * Hout, arow, H * sizeof(floating))
         if P > 0:
             # h = m @ W_hr^T for the active rows, straight into the carried state
-            m = pms + (r0 if training else 0) * H
+            m = pms + ((r0 + lo) if training else lo) * H
             step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
-                      False, ph, <int> P)
-            memcpy(pout + r0 * P, ph, n * P * sizeof(floating))
+                      False, hp, <int> P)
+            memcpy(pout + (r0 + lo) * P, hp, n * P * sizeof(floating))
+
+
+cdef void forward_task_f(void *ctx, int tid, int nth) noexcept nogil:
+    forward_loop(<float *> NULL, <FwdLoop *> ctx, tid, nth)
+
+
+cdef void forward_task_d(void *ctx, int tid, int nth) noexcept nogil:
+    forward_loop(<double *> NULL, <FwdLoop *> ctx, tid, nth)
 
 
 # ---------------------------------------------------------------------------------------
 # Backward
 
-cdef void backward_loop(int mode, bint reset_after, bint reverse,
-                        Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
-                        Py_ssize_t Hout, Py_ssize_t P, Py_ssize_t SH, Py_ssize_t SD,
-                        const Py_ssize_t *bs, const Py_ssize_t *off,
-                        const floating *px, const floating *ph0, const floating *pc0,
-                        const floating *pwih, const floating *pwhh, const floating *pwhr,
-                        const floating *pout, const floating *pgates, const floating *pcs,
-                        const floating *pms, const floating *pdout,
-                        floating *pdh, floating *pdc, floating *pdg, floating *php,
-                        floating *pdhp, floating *pdm, floating *pseq, floating *pdx,
-                        floating *pdwih, floating *pdwhh, floating *pdbih, floating *pdbhh,
-                        floating *pdwhr, floating *ppk) noexcept nogil:
-    """BPTT for one direction of one layer (buffers: see backward()).
+cdef struct BwdLoop:
+    int mode, reset_after, reverse
+    Py_ssize_t T, N, inputs, H, Hout, P, SH, SD
+    const Py_ssize_t *bs
+    const Py_ssize_t *off
+    const Py_ssize_t *seqs  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    void *px
+    void *ph0
+    void *pc0
+    void *pwih
+    void *pwhh
+    void *pwhr
+    void *pout
+    void *pgates
+    void *pcs
+    void *pms
+    void *pdout
+    void *pdh
+    void *pdc
+    void *pdg
+    void *php
+    void *pdhp
+    void *pdm
+    void *pseq
+    void *pdx
+    void *pdwih
+    void *pdwhh
+    void *pdbih
+    void *pdbhh
+    void *pdwhr
+    void *ppk
+
+
+cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
+    """Thread tid's sequences of BPTT for one direction of one layer, then its share of
+    the merged GEMMs.
 
     pdh and pdc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit; pdg, php,
-    pdhp and pdm are workspaces; dx and the weight gradients are overwritten, the bias
-    gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
+    pdhp and pdm (B x H) are workspaces; dx and the weight gradients are overwritten, the
+    bias gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
     """
+    cdef int mode = L.mode
+    cdef bint reset_after = L.reset_after, reverse = L.reverse
+    cdef Py_ssize_t T = L.T, N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
+    cdef Py_ssize_t SH = L.SH, SD = L.SD
+    cdef const Py_ssize_t *bs = L.bs
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *px = <const floating *> L.px
+    cdef const floating *ph0 = <const floating *> L.ph0
+    cdef const floating *pc0 = <const floating *> L.pc0
+    cdef const floating *pwih = <const floating *> L.pwih
+    cdef const floating *pwhh = <const floating *> L.pwhh
+    cdef const floating *pwhr = <const floating *> L.pwhr
+    cdef const floating *pout = <const floating *> L.pout
+    cdef const floating *pgates = <const floating *> L.pgates
+    cdef const floating *pcs = <const floating *> L.pcs
+    cdef const floating *pms = <const floating *> L.pms
+    cdef const floating *pdout = <const floating *> L.pdout
+    cdef floating *pdh = <floating *> L.pdh
+    cdef floating *pdc = <floating *> L.pdc
+    cdef floating *pdg = <floating *> L.pdg
+    cdef floating *php = <floating *> L.php
+    cdef floating *pdhp = <floating *> L.pdhp
+    cdef floating *pdm = <floating *> L.pdm
+    cdef floating *pseq = <floating *> L.pseq
+    cdef floating *pdx = <floating *> L.pdx
+    cdef floating *pdwih = <floating *> L.pdwih
+    cdef floating *pdwhh = <floating *> L.pdwhh
+    cdef floating *pdbih = <floating *> L.pdbih
+    cdef floating *pdbhh = <floating *> L.pdbhh
+    cdef floating *pdwhr = <floating *> L.pdwhr
+    cdef floating *ppk = <floating *> L.ppk
+
     cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
     cdef Py_ssize_t GH = G * H
     cdef bint gru_after = mode == GRU and reset_after
     cdef bint gru_before = mode == GRU and not reset_after
+    cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
     cdef Py_ssize_t s, t, n, r0, b, pr, row
     cdef const floating *cprev
     cdef const floating *dmrow
     # K: width of dGh, the block that multiplies W_hh (all of it but for reset-before GRU)
     cdef Py_ssize_t K = 2 * H if gru_before else GH
-    cdef Py_ssize_t sizes[3]
+    cdef Py_ssize_t sizes[4]
     cdef floating *pk_hh = NULL
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
     if ppk != NULL:
-        _packed_sizes(True, mode, reset_after, H, Hout, P, sizes)
-        pk_hh = pack_weight(ppk, False, Hout, K, pwhh, Hout)
+        _packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
+        pk_hh = pack_weight(tid, nth, ppk, False, Hout, K, pwhh, Hout)
         if gru_before:
-            pk_hn = pack_weight(ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout, Hout)
+            pk_hn = pack_weight(tid, nth, ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout,
+                                Hout)
         if P > 0:
-            pk_hr = pack_weight(ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
+            pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
+        sync(tid, nth)
     for s in range(T - 1, -1, -1):
         t = step_time(reverse, T, s)
-        n = bs[t]
-        r0 = off[t]
+        r0 = off[t] + lo  # from here rows and states are counted from sequence lo
+        n = min(bs[t], hi) - lo
+        if n <= 0:
+            continue
         for b in range(n):
             row = r0 + b
-            pr = prev_row(reverse, T, bs, off, t, b)
-            memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + b * Hout),
+            pr = prev_row(reverse, T, bs, off, t, lo + b)
+            memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + (lo + b) * Hout),
                    Hout * sizeof(floating))
-            add_rows(1, Hout, pdh + b * Hout, pdout + row * Hout)
+            add_rows(1, Hout, pdh + (lo + b) * Hout, pdout + row * Hout)
         if pseq != NULL:
-            memcpy(pseq + r0 * Hout, pdh, n * Hout * sizeof(floating))
+            memcpy(pseq + r0 * Hout, pdh + lo * Hout, n * Hout * sizeof(floating))
         if P > 0:
             # dW_hr needs every step's dh: keep them, take the GEMM after the loop
-            memcpy(pdhp + r0 * P, pdh, n * P * sizeof(floating))
-            step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh, <int> P, False, pwhr,
-                      <int> H, False, pdm, <int> H)
+            memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
+            step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
+                      <int> H, False, pdm + lo * H, <int> H)
         for b in range(n):
             row = r0 + b
             if mode == LSTM:
-                pr = prev_row(reverse, T, bs, off, t, b)
-                cprev = (pcs + pr * H) if pr >= 0 else (pc0 + b * H)
-                dmrow = (pdm + b * H) if P > 0 else (pdh + b * Hout)
+                pr = prev_row(reverse, T, bs, off, t, lo + b)
+                cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
+                dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
                 lstm_drow(H, pgates + row * SH, pcs + row * H, cprev, dmrow,
-                          pdc + b * H, pdg + row * SD)
+                          pdc + (lo + b) * H, pdg + row * SD)
             elif gru_after:
-                gru_after_drow(H, pgates + row * SH, php + row * Hout, pdh + b * Hout,
+                gru_after_drow(H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
                                pdg + row * SD)
             elif gru_before:
                 gru_before_drow1(H, pgates + row * SH, php + row * Hout,
-                                 pdh + b * Hout, pdg + row * SD)
+                                 pdh + (lo + b) * Hout, pdg + row * SD)
             else:
-                rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + b * Hout,
+                rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
                          pdg + row * SD)
         if gru_before:
             # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
             step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
-                      False, pwhh + 2 * H * Hout, <int> Hout, False, pdm, <int> H)
+                      False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
             for b in range(n):
                 row = r0 + b
-                gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + b * H,
-                                 pdh + b * Hout, pdg + row * SD)
+                gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
+                                 pdh + (lo + b) * Hout, pdg + row * SD)
         # dh_{t-1} = direct part (GRU) + dGh @ W_hh
         step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
-                  pwhh, <int> Hout, mode == GRU, pdh, <int> Hout)
+                  pwhh, <int> Hout, mode == GRU, pdh + lo * Hout, <int> Hout)
+    sync(tid, nth)
 
-    # Merged GEMMs over all timesteps. dGx columns: [0, GH) except for the
+    # Merged GEMMs over all timesteps, each split by its output rows (or columns for the
+    # sums), so they need no barrier between them. dGx columns: [0, GH) except for the
     # reset-after GRU, where the n block of dGx is column block 3 of dG.
     if gru_after:
-        gemm(True, False, <int> (2 * H), <int> I, <int> N, <floating> 1, pdg, <int> SD,
-             px, <int> I, <floating> 0, pdwih, <int> I)
-        gemm(True, False, <int> H, <int> I, <int> N, <floating> 1, pdg + 3 * H,
-             <int> SD, px, <int> I, <floating> 0, pdwih + 2 * H * I, <int> I)
-        gemm(False, False, <int> N, <int> I, <int> (2 * H), <floating> 1, pdg, <int> SD,
-             pwih, <int> I, <floating> 0, pdx, <int> I)
-        gemm(False, False, <int> N, <int> I, <int> H, <floating> 1, pdg + 3 * H,
-             <int> SD, pwih + 2 * H * I, <int> I, <floating> 1, pdx, <int> I)
-        colsum_add(N, 2 * H, pdg, SD, pdbih)
-        colsum_add(N, H, pdg + 3 * H, SD, pdbih + 2 * H)
+        gemm_rows(tid, nth, True, False, <int> (2 * H), <int> I, <int> N, pdg, <int> SD,
+                  px, <int> I, <floating> 0, pdwih, <int> I)
+        gemm_rows(tid, nth, True, False, <int> H, <int> I, <int> N, pdg + 3 * H, <int> SD,
+                  px, <int> I, <floating> 0, pdwih + 2 * H * I, <int> I)
+        gemm_rows(tid, nth, False, False, <int> N, <int> I, <int> (2 * H), pdg, <int> SD,
+                  pwih, <int> I, <floating> 0, pdx, <int> I)
+        gemm_rows(tid, nth, False, False, <int> N, <int> I, <int> H, pdg + 3 * H, <int> SD,
+                  pwih + 2 * H * I, <int> I, <floating> 1, pdx, <int> I)
+        colsum_add(tid, nth, N, 2 * H, pdg, SD, pdbih)
+        colsum_add(tid, nth, N, H, pdg + 3 * H, SD, pdbih + 2 * H)
     else:
-        gemm(True, False, <int> GH, <int> I, <int> N, <floating> 1, pdg, <int> SD,
-             px, <int> I, <floating> 0, pdwih, <int> I)
-        gemm(False, False, <int> N, <int> I, <int> GH, <floating> 1, pdg, <int> SD,
-             pwih, <int> I, <floating> 0, pdx, <int> I)
-        colsum_add(N, GH, pdg, SD, pdbih)
-    gemm(True, False, <int> K, <int> Hout, <int> N, <floating> 1, pdg, <int> SD,
-         php, <int> Hout, <floating> 0, pdwhh, <int> Hout)
-    colsum_add(N, GH, pdg, SD, pdbhh)
+        gemm_rows(tid, nth, True, False, <int> GH, <int> I, <int> N, pdg, <int> SD, px,
+                  <int> I, <floating> 0, pdwih, <int> I)
+        gemm_rows(tid, nth, False, False, <int> N, <int> I, <int> GH, pdg, <int> SD, pwih,
+                  <int> I, <floating> 0, pdx, <int> I)
+        colsum_add(tid, nth, N, GH, pdg, SD, pdbih)
+    gemm_rows(tid, nth, True, False, <int> K, <int> Hout, <int> N, pdg, <int> SD, php,
+              <int> Hout, <floating> 0, pdwhh, <int> Hout)
+    colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
     if gru_before:
         # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
-        gemm(True, False, <int> H, <int> H, <int> N, <floating> 1, pdg + 2 * H,
-             <int> SD, pgates + 3 * H, <int> SH, <floating> 0, pdwhh + 2 * H * Hout,
-             <int> Hout)
+        gemm_rows(tid, nth, True, False, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD,
+                  pgates + 3 * H, <int> SH, <floating> 0, pdwhh + 2 * H * Hout, <int> Hout)
     if P > 0:
-        gemm(True, False, <int> P, <int> H, <int> N, <floating> 1, pdhp, <int> P,
-             pms, <int> H, <floating> 0, pdwhr, <int> H)
+        gemm_rows(tid, nth, True, False, <int> P, <int> H, <int> N, pdhp, <int> P, pms,
+                  <int> H, <floating> 0, pdwhr, <int> H)
+
+
+cdef void backward_task_f(void *ctx, int tid, int nth) noexcept nogil:
+    backward_loop(<float *> NULL, <BwdLoop *> ctx, tid, nth)
+
+
+cdef void backward_task_d(void *ctx, int tid, int nth) noexcept nogil:
+    backward_loop(<double *> NULL, <BwdLoop *> ctx, tid, nth)
 
 
 # ---------------------------------------------------------------------------------------
@@ -527,7 +800,9 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     _opt(c0, tn, 2, B, H, "c0")
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
     cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
-    cdef Py_ssize_t SH = S * H, chunk, j
+    cdef Py_ssize_t SH = S * H, chunk, j, nscratch
+    cdef floating *pb
+    cdef floating *pbhn
 
     # outputs and saved activations
     cdef cnp.ndarray out = _new(tn, N, Hout, False)
@@ -543,32 +818,44 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (CHUNK_SHARE_OF_OUTPUT * SH)))
 
     # scratch: fused bias, b_hn, per-step projection, packed weights, inference buffers
-    cdef Py_ssize_t sizes[3]
-    cdef Py_ssize_t npack = (_packed_sizes(False, mode, reset_after, H, Hout, P, sizes)
+    # (per thread: the projection of a chunk and, with threads, its gathered inputs)
+    cdef Py_ssize_t sizes[4]
+    cdef Py_ssize_t npack = (_packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
                              if use_packed(floating is float, B, GH, Hout) else 0)
-    cdef Py_ssize_t nscratch = GH + H + B * GH + npack
-    if not training:
-        nscratch += chunk * SH + (B * H if P else 0)
+    cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
     cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
-    cdef floating *scratch = <floating *> malloc(max(1, nscratch) * sizeof(floating))
-    if scratch == NULL:
-        free(off)
-        raise MemoryError()
-    cdef floating *pb = scratch
-    cdef floating *pbhn = pb + GH
-    cdef floating *pgh = pbhn + H
-    cdef floating *ppk = pgh + B * GH
-    cdef floating *pg = (<floating *> cnp.PyArray_DATA(gates)) if training else ppk + npack
-    cdef floating *pms = NULL
-    if P:
-        pms = (<floating *> cnp.PyArray_DATA(ms)) if training else pg + chunk * SH
-    cdef const Py_ssize_t *pbs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
-    cdef floating *ph = <floating *> cnp.PyArray_DATA(h)
-    cdef floating *pc = (<floating *> cnp.PyArray_DATA(c)) if lstm else NULL
-    cdef floating *pout = <floating *> cnp.PyArray_DATA(out)
-    cdef floating *pcs = (<floating *> cnp.PyArray_DATA(cs)) if (training and lstm) else NULL
+    cdef floating *scratch = NULL
+    cdef int nth = 1
+    cdef FwdLoop L
+    cdef fr_task_fn task
     try:
+        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
+        chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
+                                 nth, seqs, chunk)
+        nscratch = GH + H + B * GH + npack
+        if not training:
+            nscratch += nth * chunk * SH + (B * H if P else 0)
+            if nth > 1:
+                nscratch += nth * chunk * I
+        scratch = <floating *> malloc(max(1, nscratch) * sizeof(floating))
+        if scratch == NULL:
+            raise MemoryError()
+        L.pb = scratch
+        L.pbhn = scratch + GH
+        L.pgh = scratch + GH + H
+        L.ppk = (scratch + GH + H + B * GH) if npack else NULL
+        L.pgates = (cnp.PyArray_DATA(gates) if training
+                    else <void *> (scratch + GH + H + B * GH + npack))
+        L.pxg = NULL
+        L.pms = NULL
+        if P:
+            L.pms = (cnp.PyArray_DATA(ms) if training
+                     else <void *> (<floating *> L.pgates + nth * chunk * SH))
+        if not training and nth > 1:
+            L.pxg = <void *> (<floating *> L.pgates + nth * chunk * SH + (B * H if P else 0))
         # b_ih + b_hh, but the reset-after GRU keeps b_hn apart: r multiplies W_hn h + b_hn
+        pb = <floating *> L.pb
+        pbhn = <floating *> L.pbhn
         for j in range(GH):
             pb[j] = (pbih[j] + pbhh[j]) if pbih != NULL else 0
         for j in range(H):
@@ -577,11 +864,19 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
             for j in range(H):
                 pb[2 * H + j] = pbih[2 * H + j]
                 pbhn[j] = pbhh[2 * H + j]
+        L.mode, L.reset_after, L.reverse, L.training = mode, reset_after, reverse, training
+        L.T, L.inputs, L.H, L.Hout, L.P, L.SH, L.chunk_rows = T, I, H, Hout, P, SH, chunk
+        L.bs, L.off, L.seqs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), off, seqs
+        L.px, L.pwih, L.pwhh, L.pwhr = <void *> px, <void *> pwih, <void *> pwhh, <void *> pwhr
+        L.ph = cnp.PyArray_DATA(h)
+        L.pc = cnp.PyArray_DATA(c) if lstm else NULL
+        L.pout = cnp.PyArray_DATA(out)
+        L.pcs = cnp.PyArray_DATA(cs) if (training and lstm) else NULL
+        task = forward_task_f if floating is float else forward_task_d
         with nogil:
-            forward_loop(mode, reset_after, reverse, training, T, I, H, Hout, P, SH, chunk,
-                         pbs, off, px, pwih, pwhh, pb, pbhn, pwhr, ph, pc, pout, pg, pcs,
-                         pms, pgh, ppk if npack else NULL)
+            fr_pool_run(task, &L, nth)
     finally:
+        fr_pool_end(nth)
         free(scratch)
         free(off)
     saved = ((gates if S > 1 else None), cs, ms) if training else None
@@ -654,8 +949,8 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef cnp.ndarray db_hh = _new(tn, GH, -1, True)
     cdef cnp.ndarray dw_hr = _new(tn, P, H, empty) if P else None
 
-    cdef Py_ssize_t sizes[3]
-    cdef Py_ssize_t npack = (_packed_sizes(True, mode, reset_after, H, Hout, P, sizes)
+    cdef Py_ssize_t sizes[4]
+    cdef Py_ssize_t npack = (_packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
                              if use_packed(floating is float, B, GH, Hout) else 0)
     cdef Py_ssize_t nscratch = N * SD + N * Hout + N * P + B * H + npack
     cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
@@ -677,13 +972,28 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef floating *pdbih = <floating *> cnp.PyArray_DATA(db_ih)
     cdef floating *pdbhh = <floating *> cnp.PyArray_DATA(db_hh)
     cdef floating *pdwhr = (<floating *> cnp.PyArray_DATA(dw_hr)) if P else NULL
+    cdef BwdLoop L
+    cdef fr_task_fn task
+    cdef int nth = 1
+    cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
     try:
+        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
+        _split_sequences(pbs, T, B, N, nth, seqs, 0)
+        L.mode, L.reset_after, L.reverse = mode, reset_after, reverse
+        L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH, L.SD = T, N, I, H, Hout, P, SH, SD
+        L.bs, L.off, L.seqs = pbs, off, seqs
+        L.px, L.ph0, L.pc0 = <void *> px, <void *> ph0, <void *> pc0
+        L.pwih, L.pwhh, L.pwhr = <void *> pwih, <void *> pwhh, <void *> pwhr
+        L.pout, L.pgates, L.pcs = <void *> pout, <void *> pgates, <void *> pcs
+        L.pms, L.pdout = <void *> pms, <void *> pdout
+        L.pdh, L.pdc, L.pdg, L.php, L.pdhp, L.pdm, L.pseq = pdh, pdc, pdg, php, pdhp, pdm, pseq
+        L.pdx, L.pdwih, L.pdwhh, L.pdbih, L.pdbhh, L.pdwhr = pdx, pdwih, pdwhh, pdbih, pdbhh, pdwhr
+        L.ppk = ppk if npack else NULL
+        task = backward_task_f if floating is float else backward_task_d
         with nogil:
-            backward_loop(mode, reset_after, reverse, T, N, I, H, Hout, P, SH, SD, pbs, off,
-                          px, ph0, pc0, pwih, pwhh, pwhr, pout, pgates, pcs, pms, pdout,
-                          pdh, pdc, pdg, php, pdhp, pdm, pseq, pdx, pdwih, pdwhh, pdbih,
-                          pdbhh, pdwhr, ppk if npack else NULL)
+            fr_pool_run(task, &L, nth)
     finally:
+        fr_pool_end(nth)
         free(scratch)
         free(off)
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr

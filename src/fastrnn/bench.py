@@ -7,9 +7,11 @@ For every point (cell, shape ``T x B x H``, pass) it
 2. runs fastrnn and each peer once and checks the peer's outputs (and, for the training step,
    ``dx`` and every weight gradient) against fastrnn's: a peer that disagrees is reported, not
    timed (this call is also the warm-up; JAX compiles here);
-3. times fastrnn, the peers and the GEMMs of the forward pass in the same interleaved rounds
-   (each round runs every implementation once, in a rotating order), so that the machine's
-   noise falls on all of them alike, and keeps each one's best time.
+3. times fastrnn and the peers in the same interleaved rounds (each round runs every
+   implementation once, in a rotating order), so that the machine's noise falls on all of
+   them alike, and keeps each one's best time; then, in rounds of their own, the GEMMs of
+   the forward pass (BLAS's idle workers spin for a while after a threaded GEMM, and would
+   take cores from whatever ran next).
 
 It prints a table: the fastrnn time (best of k rounds), its GFLOP/s, the share of the GEMM rate
 measured at that point, and per peer the ratio ``peer time / fastrnn time``.
@@ -266,6 +268,9 @@ class GemmProbe:
 # ----------------------------------------------------------------------------- one point
 
 
+BLAS_SETTLE_SECONDS = 0.3
+
+
 def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: TimingSettings,
                 overhead: float, problem: _peers.Problem | None = None) -> dict:
     """Check and time fastrnn, ``peers`` and the GEMM probe at one point; return its record.
@@ -301,11 +306,16 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
             calls[name] = runner.run
         record["peers"][name] = status
     probe = GemmProbe(point)
-    calls.update(probe.calls())
     del expected
     load = OtherLoad().start()
     timings = measure(calls, settings)
     record["other_cpus"] = load.stop()
+    # The GEMMs are timed after, not among, the implementations: OpenBLAS's idle workers
+    # keep spinning for about 0.1 s after each threaded call, and on a small machine they
+    # would take cores from whatever is timed next. The pause lets them go to sleep
+    # before the next point.
+    timings.update(measure(probe.calls(), settings))
+    time.sleep(BLAS_SETTLE_SECONDS)
     ours_t = timings["fastrnn"]
     gflops = record["flops"] / ours_t.best / 1e9
     record["fastrnn"] = {"status": "ok", **ours_t.asdict(), "gflops": gflops}
@@ -472,7 +482,8 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
         (f"timing: best of k interleaved rounds (every implementation once per round, "
          f"rotating order; a sample is a block of calls lasting >= "
          f"{settings.block_time * 1e3:g} ms after one untimed call, or one call if slower), "
-         f"k >= {settings.min_rounds} and >= {settings.min_time:g} s per point"),
+         f"k >= {settings.min_rounds} and >= {settings.min_time:g} s per point; the GEMM "
+         f"probe in rounds of its own after the implementations"),
         (f"check: every peer's result (out, final states; training: dx and every weight "
          f"gradient) against fastrnn's before timing, max |difference| <= "
          f"{_peers.TOLERANCE[dtype]:g} x max |fastrnn| per array ({dtype})"),

@@ -1,0 +1,237 @@
+/* One pool of threads for every GEMM and pointwise row of a kernel call.
+ *
+ * A call runs as one task on nth threads (the caller is thread 0): each thread runs the
+ * whole time loop on its share of each step's work, and the threads meet at a barrier
+ * where a step needs what another thread wrote. Letting BLAS thread the GEMMs between
+ * the steps instead would put two pools on the cores, and their idle workers spin
+ * against each other (measured: LSTM 100x16x128 inference 4.4 ms -> 208 ms with OpenMP
+ * steps beside OpenBLAS's pool). So while a call holds the pool, the BLAS that scipy's
+ * cython_blas uses (OpenBLAS with pthreads) is set to one thread, and each of our
+ * threads calls it on its own block.
+ *
+ * The thread count of a call is the BLAS's own setting (OPENBLAS_NUM_THREADS,
+ * threadpoolctl limits), capped by fr_threads_cap; where that BLAS cannot be
+ * controlled (another BLAS, an OpenMP build), calls run on one thread as before.
+ */
+#ifndef FASTRNN_POOL_H
+#define FASTRNN_POOL_H
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define FR_MAX_THREADS 64
+#define FR_MAX_THREADS_1 (FR_MAX_THREADS + 1)
+/* Pause loops before a waiting thread gives way: a worker keeps spinning this long after
+ * a task (about 50-100 us) so that the next call of a stacked or bidirectional layer
+ * finds it awake, then sleeps on a condition variable; a barrier spins, then yields so
+ * that a thread whose partner lost its core does not burn the partner's time slice. */
+#define FR_IDLE_SPINS 20000
+#define FR_BARRIER_SPINS 4000
+
+typedef void (*fr_task_fn)(void *ctx, int tid, int nth);
+
+static struct {
+    pthread_mutex_t busy; /* held by the call that owns the workers */
+    pthread_mutex_t lock; /* with wake: where idle workers sleep */
+    pthread_cond_t wake;
+    int started; /* workers created: threads 1 .. started */
+    unsigned gen; /* bumped for each task */
+    fr_task_fn fn;
+    void *ctx;
+    int nth;
+    int pending; /* workers still running the task */
+    int bar_count, bar_sense;
+    int sense[FR_MAX_THREADS];
+    int saved_blas_threads;
+    int atfork_done;
+} fr_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static void (*fr_blas_set_threads)(int) = NULL;
+static int (*fr_blas_get_threads)(void) = NULL;
+static int fr_threads_cap = FR_MAX_THREADS;
+
+static inline void fr_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Find openblas_{set,get}_num_threads in the library that defines `blas_symbol` (scipy's
+ * sgemm), under the prefixes and suffixes OpenBLAS builds use. Returns 1 if found and
+ * the library threads with pthreads (openblas_get_parallel() == 1). */
+static int fr_blas_bind(void *blas_symbol)
+{
+    static const char *prefixes[] = {"", "scipy_"};
+    static const char *suffixes[] = {"", "64_", "_64"};
+    Dl_info info;
+    char name[64];
+    if (!blas_symbol || !dladdr(blas_symbol, &info) || !info.dli_fname)
+        return 0;
+    void *lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (!lib)
+        return 0;
+    for (int p = 0; p < 2; p++)
+        for (int s = 0; s < 3; s++) {
+            snprintf(name, sizeof name, "%sopenblas_get_parallel%s", prefixes[p], suffixes[s]);
+            int (*parallel)(void) = (int (*)(void))dlsym(lib, name);
+            if (!parallel)
+                continue;
+            snprintf(name, sizeof name, "%sopenblas_set_num_threads%s", prefixes[p], suffixes[s]);
+            void (*set)(int) = (void (*)(int))dlsym(lib, name);
+            snprintf(name, sizeof name, "%sopenblas_get_num_threads%s", prefixes[p], suffixes[s]);
+            int (*get)(void) = (int (*)(void))dlsym(lib, name);
+            /* the handle stays open: the library is loaded for as long as scipy is */
+            if (!set || !get || parallel() != 1)
+                return 0;
+            fr_blas_set_threads = set;
+            fr_blas_get_threads = get;
+            return 1;
+        }
+    return 0;
+}
+
+static void fr_barrier(int tid, int nth)
+{
+    if (nth <= 1)
+        return;
+    int s = fr_pool.sense[tid] ^= 1;
+    if (__atomic_add_fetch(&fr_pool.bar_count, 1, __ATOMIC_ACQ_REL) == nth) {
+        __atomic_store_n(&fr_pool.bar_count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&fr_pool.bar_sense, s, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long i = 0; __atomic_load_n(&fr_pool.bar_sense, __ATOMIC_ACQUIRE) != s; i++) {
+        if (i < FR_BARRIER_SPINS)
+            fr_pause();
+        else
+            sched_yield();
+    }
+}
+
+static void *fr_worker(void *arg)
+{
+    int tid = (int)((uintptr_t)arg & 0xFFFF);
+    unsigned seen = (unsigned)((uintptr_t)arg >> 16);
+    for (;;) {
+        unsigned g;
+        long i = 0;
+        while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen) {
+            if (++i < FR_IDLE_SPINS) {
+                fr_pause();
+                continue;
+            }
+            pthread_mutex_lock(&fr_pool.lock);
+            while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen)
+                pthread_cond_wait(&fr_pool.wake, &fr_pool.lock);
+            pthread_mutex_unlock(&fr_pool.lock);
+        }
+        seen = g;
+        if (tid < fr_pool.nth) {
+            fr_pool.fn(fr_pool.ctx, tid, fr_pool.nth);
+            __atomic_sub_fetch(&fr_pool.pending, 1, __ATOMIC_RELEASE);
+        }
+    }
+    return NULL;
+}
+
+/* A forked child has none of the parent's workers: start again from none. */
+static void fr_pool_atfork_child(void)
+{
+    pthread_mutex_init(&fr_pool.busy, NULL);
+    pthread_mutex_init(&fr_pool.lock, NULL);
+    pthread_cond_init(&fr_pool.wake, NULL);
+    fr_pool.started = 0;
+}
+
+/* Take the pool for a call that could use up to `want` threads. Returns the thread count
+ * to run with; above 1 the pool is held and BLAS set to one thread until fr_pool_end.
+ * A call that finds the pool taken (another Python thread's) runs on one thread. */
+static int fr_pool_begin(int want)
+{
+    if (want > fr_threads_cap)
+        want = fr_threads_cap;
+    if (want > FR_MAX_THREADS)
+        want = FR_MAX_THREADS;
+    if (want <= 1 || !fr_blas_get_threads)
+        return 1;
+    if (pthread_mutex_trylock(&fr_pool.busy) != 0)
+        return 1;
+    int blas = fr_blas_get_threads();
+    int nth = blas < want ? blas : want;
+    if (!fr_pool.atfork_done) {
+        pthread_atfork(NULL, NULL, fr_pool_atfork_child);
+        fr_pool.atfork_done = 1;
+    }
+    while (fr_pool.started < nth - 1) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        uintptr_t arg = ((uintptr_t)fr_pool.gen << 16) | (uintptr_t)(fr_pool.started + 1);
+        int err = pthread_create(&th, &attr, fr_worker, (void *)arg);
+        pthread_attr_destroy(&attr);
+        if (err)
+            break;
+        fr_pool.started++;
+    }
+    if (nth > fr_pool.started + 1)
+        nth = fr_pool.started + 1;
+    if (nth <= 1) {
+        pthread_mutex_unlock(&fr_pool.busy);
+        return 1;
+    }
+    fr_pool.saved_blas_threads = blas;
+    fr_blas_set_threads(1);
+    return nth;
+}
+
+static void fr_pool_end(int nth)
+{
+    if (nth <= 1)
+        return;
+    fr_blas_set_threads(fr_pool.saved_blas_threads);
+    pthread_mutex_unlock(&fr_pool.busy);
+}
+
+/* Run fn(ctx, tid, nth) on threads 0 .. nth-1 (this one is 0) and wait for all. */
+static void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
+{
+    if (nth <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    fr_pool.fn = fn;
+    fr_pool.ctx = ctx;
+    fr_pool.nth = nth;
+    fr_pool.bar_count = 0;
+    fr_pool.bar_sense = 0;
+    for (int t = 0; t < nth; t++)
+        fr_pool.sense[t] = 0;
+    __atomic_store_n(&fr_pool.pending, nth - 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&fr_pool.lock);
+    __atomic_add_fetch(&fr_pool.gen, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&fr_pool.wake);
+    pthread_mutex_unlock(&fr_pool.lock);
+    fn(ctx, 0, nth);
+    for (long i = 0; __atomic_load_n(&fr_pool.pending, __ATOMIC_ACQUIRE) > 0; i++) {
+        if (i < FR_BARRIER_SPINS)
+            fr_pause();
+        else
+            sched_yield();
+    }
+}
+
+/* [lo, hi) of n items for thread tid of nth, in multiples of `align` but the last. */
+static inline void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
+{
+    long units = (n + align - 1) / align;
+    long a = units * tid / nth, b = units * (tid + 1) / nth;
+    *lo = a * align < n ? a * align : n;
+    *hi = b * align < n ? b * align : n;
+}
+
+#endif
