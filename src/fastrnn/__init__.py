@@ -6,9 +6,10 @@ The layers are ``fastrnn.RNN``, ``fastrnn.LSTM`` and ``fastrnn.GRU``; around the
 classic architectures) and ``fastrnn.diagnostics`` (gradient flow through time).
 """
 from . import diagnostics, functional, io, models, optim
+from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .dense import Dense
 from .layers import GRU, LSTM, RNN
 
 __all__ = ["RNN", "LSTM", "GRU", "Dense", "functional", "optim", "io", "models",
-           "diagnostics", "__version__"]
+           "diagnostics", "set_num_threads", "get_num_threads", "__version__"]

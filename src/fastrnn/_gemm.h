@@ -21,6 +21,9 @@
 
 #define FR_NR 64 /* panel width: 4 zmm registers of 16 floats */
 #define FR_MR 6  /* rows per block: 6 x 4 = 24 accumulators of the 32 zmm registers */
+#ifndef FR_A_BLOCK_FLOATS
+#define FR_A_BLOCK_FLOATS (256 * 1024)
+#endif /* rows of A kept in cache across the panels: 1 MB */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTRNN_NO_AVX512)
 #define FR_HAVE_KERNEL 1
@@ -198,10 +201,11 @@ fr_row1(long k, const float *a, const float *panel, float *c, long ncols, int ac
 }
 
 /* Panels [p, p_end) of C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W)
- * [+ C if accumulate], with op(W) packed by fr_pack_panels. */
+ * [+ C if accumulate], with op(W) packed by fr_pack_panels; every panel streams once per
+ * block of FR_MR rows of A. */
 __attribute__((target("avx512f"))) static void
-fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *packed,
-               float *c, long ldc, int accumulate, long p, long p_end)
+fr_gemm_panels_rows(long m, long n, long k, const float *a, long lda, const float *packed,
+                    float *c, long ldc, int accumulate, long p, long p_end)
 {
     if (m == 1) {
         for (; p + 2 <= p_end; p += 2) {
@@ -229,6 +233,21 @@ fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *pa
         default: break;
         }
     }
+}
+
+/* fr_gemm_panels_rows over blocks of rows that stay in the L2 cache (about 1 MB of A)
+ * while all panels pass: a long A (the input projection of a whole sequence) is then
+ * read from memory once, not once per panel. */
+__attribute__((target("avx512f"))) static void
+fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *packed,
+               float *c, long ldc, int accumulate, long p, long p_end)
+{
+    long rows = (FR_A_BLOCK_FLOATS / (k > 0 ? k : 1)) / FR_MR * FR_MR;
+    if (rows < FR_MR)
+        rows = FR_MR;
+    for (long i = 0; i < m; i += rows)
+        fr_gemm_panels_rows(m - i < rows ? m - i : rows, n, k, a + i * lda, lda, packed,
+                            c + i * ldc, ldc, accumulate, p, p_end);
 }
 
 #else

@@ -28,6 +28,8 @@
 #   RNN, LSTM   the G*H gate pre-activations; dGx and dGh are the same
 #   GRU after   dr, dz, dhn, dn: dGh = columns [0, 3H), dGx = [0, 2H) and [3H, 4H)
 #   GRU before  dr, dz, dn: both dGx and dGh (the W_hn block multiplies rh, not h)
+import os
+
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport free, malloc
@@ -53,12 +55,14 @@ cdef extern from "_pool.h" nogil:
     enum: FR_MAX_THREADS
     enum: FR_MAX_THREADS_1  # FR_MAX_THREADS + 1
     int fr_threads_cap
+    int (*fr_blas_get_threads)()
     int fr_blas_bind(void *blas_symbol)
     int fr_pool_begin(int want)
     void fr_pool_end(int nth)
     void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     void fr_barrier(int tid, int nth)
     void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
+    void fr_pool_after_fork_child()
 
 from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
                         gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
@@ -74,6 +78,13 @@ MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
 
 # Whether the pool can take over scipy's BLAS threads (see _pool.h); else one thread.
 cdef bint _blas_bound = fr_blas_bind(<void *> _blas_sgemm)
+
+
+def _after_fork_child():
+    fr_pool_after_fork_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_child)
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,6 +110,19 @@ def set_max_threads(int n):
 
 def get_max_threads():
     return fr_threads_cap
+
+
+def blas_threads():
+    """The thread count scipy's OpenBLAS is set to (0 when it cannot be controlled)."""
+    return fr_blas_get_threads() if _blas_bound else 0
+
+
+cdef int _last_threads = 1
+
+
+def last_call_threads():
+    """Threads the latest forward or backward call ran on (for tests and diagnostics)."""
+    return _last_threads
 
 
 cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K):
@@ -658,6 +682,71 @@ cdef Py_ssize_t CHUNK_SHARE_OF_OUTPUT = 4
 
 cdef char _empty_data[64]
 
+cdef extern from "Python.h":
+    int PyTraceMalloc_Track(unsigned int domain, size_t ptr, size_t size) nogil
+    int PyTraceMalloc_Untrack(unsigned int domain, size_t ptr) nogil
+
+# Scratch is allocated in C, and reported to tracemalloc (as NumPy reports its arrays) so
+# that a traced peak counts it. The backward's workspace, the largest, is kept between
+# calls for the next one: allocating it afresh costs page faults and the kernel's zeroing
+# of every page, about 8% of a large training step. release_workspace() frees it.
+cdef unsigned int _TRACE_DOMAIN = 0x46524E4E  # "FRNN"
+cdef void *_kept = NULL
+cdef size_t _kept_size = 0
+cdef bint _kept_busy = False
+
+
+cdef void *_scratch(size_t nbytes, bint keep) except NULL:
+    """nbytes of scratch (GIL held); keep: the kept workspace, if it is free."""
+    global _kept, _kept_size, _kept_busy
+    cdef void *p
+    if keep and not _kept_busy:
+        if _kept_size < nbytes:
+            _release_kept()
+            _kept = malloc(nbytes)
+            if _kept == NULL:
+                raise MemoryError()
+            _kept_size = nbytes
+            PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> _kept, nbytes)
+        _kept_busy = True
+        return _kept
+    p = malloc(max(1, nbytes))
+    if p == NULL:
+        raise MemoryError()
+    PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> p, nbytes)
+    return p
+
+
+cdef void _scratch_free(void *p):
+    global _kept_busy
+    if p == NULL:
+        return
+    if p == _kept:
+        _kept_busy = False
+        return
+    PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> p)
+    free(p)
+
+
+cdef void _release_kept():
+    global _kept, _kept_size
+    if _kept != NULL:
+        PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> _kept)
+        free(_kept)
+    _kept = NULL
+    _kept_size = 0
+
+
+def release_workspace():
+    """Free the backward workspace kept for the next call (unless a call is using it)."""
+    if not _kept_busy:
+        _release_kept()
+
+
+def workspace_bytes():
+    """Bytes of the kept backward workspace."""
+    return _kept_size
+
 
 cdef Py_ssize_t _dim(object a, int i):
     return cnp.PyArray_DIMS(<cnp.ndarray> a)[i]
@@ -780,6 +869,7 @@ def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_si
 
 cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
                      x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    global _last_threads
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
@@ -815,7 +905,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         ms = _new(tn, N, H, False) if P else None
         chunk = N
     else:
-        chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (CHUNK_SHARE_OF_OUTPUT * SH)))
+        chunk = 0  # below, once the thread count is known
 
     # scratch: fused bias, b_hn, per-step projection, packed weights, inference buffers
     # (per thread: the projection of a chunk and, with threads, its gathered inputs)
@@ -830,6 +920,12 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef fr_task_fn task
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
+        _last_threads = nth
+        if not training:
+            # a chunk row costs SH floats of projection, and I more of gathered input
+            # when threads gather their rows
+            chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
+                CHUNK_SHARE_OF_OUTPUT * (SH + (I if nth > 1 else 0)))))
         chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
                                  nth, seqs, chunk)
         nscratch = GH + H + B * GH + npack
@@ -837,9 +933,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
             nscratch += nth * chunk * SH + (B * H if P else 0)
             if nth > 1:
                 nscratch += nth * chunk * I
-        scratch = <floating *> malloc(max(1, nscratch) * sizeof(floating))
-        if scratch == NULL:
-            raise MemoryError()
+        scratch = <floating *> _scratch(nscratch * sizeof(floating), False)
         L.pb = scratch
         L.pbhn = scratch + GH
         L.pgh = scratch + GH + H
@@ -877,7 +971,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
             fr_pool_run(task, &L, nth)
     finally:
         fr_pool_end(nth)
-        free(scratch)
+        _scratch_free(scratch)
         free(off)
     saved = ((gates if S > 1 else None), cs, ms) if training else None
     return out, h, c, saved
@@ -904,6 +998,7 @@ def backward(int mode, bint reset_after, bint reverse, x, batch_sizes, h0, c0, w
 cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x,
                       batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
                       dh_n, dc_n, dh_seq):
+    global _last_threads
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef bint lstm = mode == LSTM
     cdef bint gru_after = mode == GRU and reset_after
@@ -954,10 +1049,12 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
                              if use_packed(floating is float, B, GH, Hout) else 0)
     cdef Py_ssize_t nscratch = N * SD + N * Hout + N * P + B * H + npack
     cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
-    cdef floating *scratch = <floating *> malloc(max(1, nscratch) * sizeof(floating))
-    if scratch == NULL:
+    cdef floating *scratch
+    try:
+        scratch = <floating *> _scratch(nscratch * sizeof(floating), True)
+    except MemoryError:
         free(off)
-        raise MemoryError()
+        raise
     cdef floating *pdg = scratch
     cdef floating *php = pdg + N * SD
     cdef floating *pdhp = php + N * Hout
@@ -978,6 +1075,7 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
+        _last_threads = nth
         _split_sequences(pbs, T, B, N, nth, seqs, 0)
         L.mode, L.reset_after, L.reverse = mode, reset_after, reverse
         L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH, L.SD = T, N, I, H, Hout, P, SH, SD
@@ -994,6 +1092,6 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
             fr_pool_run(task, &L, nth)
     finally:
         fr_pool_end(nth)
-        free(scratch)
+        _scratch_free(scratch)
         free(off)
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr

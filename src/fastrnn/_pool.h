@@ -42,10 +42,12 @@ static struct {
     fr_task_fn fn;
     void *ctx;
     int nth;
-    int pending; /* workers still running the task */
+    int pending; /* workers that have not yet finished (or skipped) the task */
     int bar_count, bar_sense;
     int sense[FR_MAX_THREADS];
     int saved_blas_threads;
+    int held; /* a call holds the pool (and has set BLAS to one thread) */
+    int restore_blas_threads; /* in a child forked while held: the count to put back */
     int atfork_done;
 } fr_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
@@ -130,21 +132,34 @@ static void *fr_worker(void *arg)
             pthread_mutex_unlock(&fr_pool.lock);
         }
         seen = g;
-        if (tid < fr_pool.nth) {
+        /* Every started worker answers every task, taking part or not: the next task
+         * cannot begin (and change fn, ctx, nth) before all have read this one's. */
+        if (tid < fr_pool.nth)
             fr_pool.fn(fr_pool.ctx, tid, fr_pool.nth);
-            __atomic_sub_fetch(&fr_pool.pending, 1, __ATOMIC_RELEASE);
-        }
+        __atomic_sub_fetch(&fr_pool.pending, 1, __ATOMIC_RELEASE);
     }
     return NULL;
 }
 
-/* A forked child has none of the parent's workers: start again from none. */
+/* A forked child has none of the parent's workers: start again from none. If the fork
+ * came while another thread's call held the pool, the child's BLAS is still set to one
+ * thread; fr_pool_after_fork_child puts the count back from ordinary code (the child side
+ * of an atfork handler is no place to call into OpenBLAS). */
 static void fr_pool_atfork_child(void)
 {
     pthread_mutex_init(&fr_pool.busy, NULL);
     pthread_mutex_init(&fr_pool.lock, NULL);
     pthread_cond_init(&fr_pool.wake, NULL);
     fr_pool.started = 0;
+    fr_pool.restore_blas_threads = fr_pool.held ? fr_pool.saved_blas_threads : 0;
+    fr_pool.held = 0;
+}
+
+static void fr_pool_after_fork_child(void)
+{
+    if (fr_pool.restore_blas_threads > 0 && fr_blas_set_threads)
+        fr_blas_set_threads(fr_pool.restore_blas_threads);
+    fr_pool.restore_blas_threads = 0;
 }
 
 /* Take the pool for a call that could use up to `want` threads. Returns the thread count
@@ -186,6 +201,7 @@ static int fr_pool_begin(int want)
     }
     fr_pool.saved_blas_threads = blas;
     fr_blas_set_threads(1);
+    fr_pool.held = 1;
     return nth;
 }
 
@@ -193,6 +209,7 @@ static void fr_pool_end(int nth)
 {
     if (nth <= 1)
         return;
+    fr_pool.held = 0;
     fr_blas_set_threads(fr_pool.saved_blas_threads);
     pthread_mutex_unlock(&fr_pool.busy);
 }
@@ -211,7 +228,7 @@ static void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     fr_pool.bar_sense = 0;
     for (int t = 0; t < nth; t++)
         fr_pool.sense[t] = 0;
-    __atomic_store_n(&fr_pool.pending, nth - 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&fr_pool.pending, fr_pool.started, __ATOMIC_RELAXED);
     pthread_mutex_lock(&fr_pool.lock);
     __atomic_add_fetch(&fr_pool.gen, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&fr_pool.wake);
