@@ -21,6 +21,8 @@
 
 #define FR_NR 64 /* panel width: 4 zmm registers of 16 floats */
 #define FR_MR 6  /* rows per block: 6 x 4 = 24 accumulators of the 32 zmm registers */
+#define FR_KC 256 /* rows of the sum per block in fr_gemm_tn: a packed panel is 64 KB */
+#define FR_TN_MB 384 /* columns of A per block in fr_gemm_tn (a multiple of FR_MR) */
 #ifndef FR_A_BLOCK_FLOATS
 #define FR_A_BLOCK_FLOATS (256 * 1024)
 #endif /* rows of A kept in cache across the panels: 1 MB */
@@ -46,20 +48,25 @@ static void fr_pack_panels(int trans, long n, long k, const float *w, long ldw, 
 {
     for (long p = p0; p < p1; p++) {
         float *dst = packed + p * FR_NR * k;
-        for (long c = 0; c < FR_NR; c++) {
-            long col = p * FR_NR + c;
-            if (col >= n) {
+        long ncols = n - p * FR_NR < FR_NR ? n - p * FR_NR : FR_NR;
+        if (trans) {
+            /* a row of W is a column of the panel: read it contiguously */
+            for (long c = 0; c < ncols; c++) {
+                const float *src = w + (p * FR_NR + c) * ldw;
                 for (long kk = 0; kk < k; kk++)
-                    dst[kk * FR_NR + c] = 0.0f;
-            } else if (trans) {
-                /* a row of W is a column of the panel: read it contiguously */
-                for (long kk = 0; kk < k; kk++)
-                    dst[kk * FR_NR + c] = w[col * ldw + kk];
-            } else {
-                for (long kk = 0; kk < k; kk++)
-                    dst[kk * FR_NR + c] = w[kk * ldw + col];
+                    dst[kk * FR_NR + c] = src[kk];
+            }
+        } else {
+            /* a row of W holds a row of the panel */
+            for (long kk = 0; kk < k; kk++) {
+                const float *src = w + kk * ldw + p * FR_NR;
+                for (long c = 0; c < ncols; c++)
+                    dst[kk * FR_NR + c] = src[c];
             }
         }
+        for (long kk = 0; kk < k; kk++)
+            for (long c = ncols; c < FR_NR; c++)
+                dst[kk * FR_NR + c] = 0.0f;
     }
 }
 
@@ -84,12 +91,12 @@ static inline __mmask16 fr_mask(long left)
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
-/* One block: rows [0, MR) of a (row stride lda) times one panel, into C (stride ldc),
- * writing ncols <= FR_NR columns. MR is a compile-time constant at every call site so
- * the accumulators stay in registers. */
+/* One block: rows [0, MR) of A (row stride lda; TA: A^T, stored transposed) times one
+ * panel, into C (stride ldc), writing ncols <= FR_NR columns. MR and TA are compile-time
+ * constants at every call site so the accumulators stay in registers. */
 __attribute__((target("avx512f"), always_inline)) static inline void
-fr_block(const int MR, long k, const float *a, long lda, const float *panel, float *c,
-         long ldc, long ncols, int accumulate)
+fr_block_ta(const int MR, const int TA, long k, const float *a, long lda, const float *panel,
+            float *c, long ldc, long ncols, int accumulate)
 {
     __m512 acc[FR_MR][4];
     for (int i = 0; i < MR; i++)
@@ -102,7 +109,7 @@ fr_block(const int MR, long k, const float *a, long lda, const float *panel, flo
         __m512 b2 = _mm512_loadu_ps(bp + 32);
         __m512 b3 = _mm512_loadu_ps(bp + 48);
         for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i * lda + kk]);
+            __m512 ai = _mm512_set1_ps(TA ? a[kk * lda + i] : a[i * lda + kk]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
             acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
@@ -123,6 +130,9 @@ fr_block(const int MR, long k, const float *a, long lda, const float *panel, flo
         }
     }
 }
+
+#define fr_block(MR, k, a, lda, panel, c, ldc, ncols, accumulate) \
+    fr_block_ta(MR, 0, k, a, lda, panel, c, ldc, ncols, accumulate)
 
 /* One row times two panels at once. A single row has only 4 accumulators per panel,
  * fewer than the FMA pipes keep in flight (2 pipes x 4 cycles of latency): with two
@@ -250,9 +260,58 @@ fr_gemm_panels(long m, long n, long k, const float *a, long lda, const float *pa
                             c + i * ldc, ldc, accumulate, p, p_end);
 }
 
+/* C (m x n, row stride ldc) [+]= A^T B, A stored K x m (row stride lda), B stored K x n
+ * (row stride ldb): the weight gradients of the backward, dG^T X, summed over every row
+ * of the batch. K is taken in blocks of FR_KC rows: each block of B is packed into
+ * panels (bpack: fr_packed_size(n, FR_KC) floats), and every block of FR_MR columns of A
+ * multiplies each panel, read in place. */
+__attribute__((target("avx512f"))) static void
+fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b, long ldb,
+           float *c, long ldc, int accumulate, float *bpack)
+{
+    if (K <= 0 && !accumulate) {
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++)
+                c[i * ldc + j] = 0.0f;
+        return;
+    }
+    long panels = fr_panels(n);
+    for (long k0 = 0; k0 < K; k0 += FR_KC) {
+        long kc = K - k0 < FR_KC ? K - k0 : FR_KC;
+        int acc = accumulate || k0 > 0;
+        const float *ak = a + k0 * lda;
+        fr_pack_panels(0, n, kc, b + k0 * ldb, ldb, bpack, 0, panels);
+        /* columns of A in blocks that stay in cache (FR_KC x FR_TN_MB: 384 KB) while
+         * every panel passes */
+        for (long i0 = 0; i0 < m; i0 += FR_TN_MB)
+        for (long p = 0; p < panels; p++) {
+            const float *panel = bpack + p * FR_NR * kc;
+            long ncols = n - p * FR_NR < FR_NR ? n - p * FR_NR : FR_NR;
+            float *cp = c + p * FR_NR;
+            long i = i0, m_end = m - i0 < FR_TN_MB ? m : i0 + FR_TN_MB;
+            for (; i + FR_MR <= m_end; i += FR_MR)
+                fr_block_ta(FR_MR, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc);
+            switch (m_end - i) {
+            case 5: fr_block_ta(5, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
+            case 4: fr_block_ta(4, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
+            case 3: fr_block_ta(3, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
+            case 2: fr_block_ta(2, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
+            case 1: fr_block_ta(1, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
+            default: break;
+            }
+        }
+    }
+}
+
 #else
 
 static inline int fr_gemm_packed_ok(void) { return 0; }
+static void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
+                       long ldb, float *c, long ldc, int accumulate, float *bpack)
+{
+    (void)m; (void)n; (void)K; (void)a; (void)lda; (void)b; (void)ldb; (void)c; (void)ldc;
+    (void)accumulate; (void)bpack;
+}
 static void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
                            const float *packed, float *c, long ldc, int accumulate, long p,
                            long p_end)

@@ -49,6 +49,9 @@ cdef extern from "_gemm.h" nogil:
                         const float *packed, float *c, long ldc, int accumulate, long p0,
                         long p1)
     int fr_gemm_packed_ok()
+    void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
+                    long ldb, float *c, long ldc, int accumulate, float *bpack)
+    enum: FR_KC
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fr_task_fn)(void *ctx, int tid, int nth) noexcept nogil
@@ -199,11 +202,35 @@ cdef inline void gemm_rows(int tid, int nth, bint trans_a, bint trans_b, int m, 
          a + (lo if trans_a else lo * lda), lda, b, ldb, beta, c + lo * ldc, ldc)
 
 
+cdef inline void merged_tn(int tid, int nth, int m, int n, int k, const floating *a, int lda,
+                           const floating *b, int ldb, floating *c, int ldc,
+                           floating *bpack) noexcept nogil:
+    """This thread's rows of C (m x n) = A^T B, A stored k x m, B k x n: on the packed
+    kernel when bpack (this thread's room for a packed block of B) is given, else BLAS."""
+    cdef long lo, hi
+    if floating is float:
+        if bpack != NULL:
+            fr_split(m, 16, tid, nth, &lo, &hi)
+            fr_gemm_tn(hi - lo, n, k, a + lo, lda, b, ldb, c + lo * ldc, ldc, 0, bpack)
+            return
+    gemm_rows(tid, nth, True, False, m, n, k, a, lda, b, ldb, <floating> 0, c, ldc)
+
+
+cdef inline void merged_nn(int tid, int nth, const floating *packed, int m, int n, int k,
+                           const floating *a, int lda, const floating *w, int ldw,
+                           bint accumulate, floating *c, int ldc) noexcept nogil:
+    """This thread's rows of C (m x n) = A (m x k) @ W (k x n) [+ C], W packed or not."""
+    cdef long lo, hi
+    fr_split(m, 1, tid, nth, &lo, &hi)
+    step_gemm(packed, <int> (hi - lo), n, k, a + lo * lda, lda, False, w, ldw, accumulate,
+              c + lo * ldc, ldc)
+
+
 cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t I,
                               Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P,
                               Py_ssize_t *sizes) noexcept nogil:
     """Floats for the packed W_hh block of the step GEMM, W_hn (reset-before GRU), W_hr and
-    (forward) W_ih, in sizes[0:4]; returns their sum.
+    W_ih, in sizes[0:4]; returns their sum.
 
     Forward multiplies by W^T, backward by W, so the packed shapes are transposed.
     """
@@ -212,7 +239,9 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
     if backward:
         sizes[0] = fr_packed_size(Hout, K)
         sizes[2] = fr_packed_size(H, P) if P > 0 else 0
-        sizes[3] = 0
+        # W_ih for dx = dGx @ W_ih (threaded calls); the reset-after GRU packs its rows
+        # [0, 2H) and [2H, 3H) apart, as they meet dG blocks that are not adjacent
+        sizes[3] = fr_packed_size(I, G * H)
     else:
         sizes[0] = fr_packed_size(K, Hout)
         sizes[2] = fr_packed_size(P, H) if P > 0 else 0
@@ -515,6 +544,8 @@ cdef struct BwdLoop:
     void *pdbhh
     void *pdwhr
     void *ppk
+    void *pbpack  # per thread bpack_floats for fr_gemm_tn, or NULL: BLAS
+    Py_ssize_t bpack_floats
 
 
 cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
@@ -571,6 +602,9 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef floating *pk_hh = NULL
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
+    cdef floating *pk_ih = NULL
+    cdef floating *pk_ih2 = NULL
+    cdef floating *bpack = NULL
     if ppk != NULL:
         _packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
         pk_hh = pack_weight(tid, nth, ppk, False, Hout, K, pwhh, Hout)
@@ -579,6 +613,15 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
                                 Hout)
         if P > 0:
             pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
+        if L.pbpack != NULL:
+            bpack = <floating *> L.pbpack + tid * L.bpack_floats
+            pk_ih = ppk + sizes[0] + sizes[1] + sizes[2]
+            if gru_after:
+                pack_weight(tid, nth, pk_ih, False, I, 2 * H, pwih, I)
+                pk_ih2 = pack_weight(tid, nth, pk_ih + fr_packed_size(I, 2 * H), False, I, H,
+                                     pwih + 2 * H * I, I)
+            else:
+                pack_weight(tid, nth, pk_ih, False, I, GH, pwih, I)
         sync(tid, nth)
     for s in range(T - 1, -1, -1):
         t = step_time(reverse, T, s)
@@ -631,34 +674,35 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
 
     # Merged GEMMs over all timesteps, each split by its output rows (or columns for the
     # sums), so they need no barrier between them. dGx columns: [0, GH) except for the
-    # reset-after GRU, where the n block of dGx is column block 3 of dG.
+    # reset-after GRU, where the n block of dGx is column block 3 of dG. On threads, the
+    # packed kernel takes them (BLAS would pack its operands again in every thread).
     if gru_after:
-        gemm_rows(tid, nth, True, False, <int> (2 * H), <int> I, <int> N, pdg, <int> SD,
-                  px, <int> I, <floating> 0, pdwih, <int> I)
-        gemm_rows(tid, nth, True, False, <int> H, <int> I, <int> N, pdg + 3 * H, <int> SD,
-                  px, <int> I, <floating> 0, pdwih + 2 * H * I, <int> I)
-        gemm_rows(tid, nth, False, False, <int> N, <int> I, <int> (2 * H), pdg, <int> SD,
-                  pwih, <int> I, <floating> 0, pdx, <int> I)
-        gemm_rows(tid, nth, False, False, <int> N, <int> I, <int> H, pdg + 3 * H, <int> SD,
-                  pwih + 2 * H * I, <int> I, <floating> 1, pdx, <int> I)
+        merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> SD, px, <int> I,
+                  pdwih, <int> I, bpack)
+        merged_tn(tid, nth, <int> H, <int> I, <int> N, pdg + 3 * H, <int> SD, px, <int> I,
+                  pdwih + 2 * H * I, <int> I, bpack)
+        merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> SD, pwih,
+                  <int> I, False, pdx, <int> I)
+        merged_nn(tid, nth, pk_ih2, <int> N, <int> I, <int> H, pdg + 3 * H, <int> SD,
+                  pwih + 2 * H * I, <int> I, True, pdx, <int> I)
         colsum_add(tid, nth, N, 2 * H, pdg, SD, pdbih)
         colsum_add(tid, nth, N, H, pdg + 3 * H, SD, pdbih + 2 * H)
     else:
-        gemm_rows(tid, nth, True, False, <int> GH, <int> I, <int> N, pdg, <int> SD, px,
-                  <int> I, <floating> 0, pdwih, <int> I)
-        gemm_rows(tid, nth, False, False, <int> N, <int> I, <int> GH, pdg, <int> SD, pwih,
-                  <int> I, <floating> 0, pdx, <int> I)
+        merged_tn(tid, nth, <int> GH, <int> I, <int> N, pdg, <int> SD, px, <int> I, pdwih,
+                  <int> I, bpack)
+        merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> GH, pdg, <int> SD, pwih, <int> I,
+                  False, pdx, <int> I)
         colsum_add(tid, nth, N, GH, pdg, SD, pdbih)
-    gemm_rows(tid, nth, True, False, <int> K, <int> Hout, <int> N, pdg, <int> SD, php,
-              <int> Hout, <floating> 0, pdwhh, <int> Hout)
+    merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> SD, php, <int> Hout, pdwhh,
+              <int> Hout, bpack)
     colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
     if gru_before:
         # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
-        gemm_rows(tid, nth, True, False, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD,
-                  pgates + 3 * H, <int> SH, <floating> 0, pdwhh + 2 * H * Hout, <int> Hout)
+        merged_tn(tid, nth, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD, pgates + 3 * H,
+                  <int> SH, pdwhh + 2 * H * Hout, <int> Hout, bpack)
     if P > 0:
-        gemm_rows(tid, nth, True, False, <int> P, <int> H, <int> N, pdhp, <int> P, pms,
-                  <int> H, <floating> 0, pdwhr, <int> H)
+        merged_tn(tid, nth, <int> P, <int> H, <int> N, pdhp, <int> P, pms, <int> H, pdwhr,
+                  <int> H, bpack)
 
 
 cdef void backward_task_f(void *ctx, int tid, int nth) noexcept nogil:
@@ -928,6 +972,8 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
                 CHUNK_SHARE_OF_OUTPUT * (SH + (I if nth > 1 else 0)))))
         chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
                                  nth, seqs, chunk)
+        if npack and nth == 1:
+            npack -= sizes[3]  # W_ih is packed for threaded calls only
         nscratch = GH + H + B * GH + npack
         if not training:
             nscratch += nth * chunk * SH + (B * H if P else 0)
@@ -1047,28 +1093,11 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef Py_ssize_t sizes[4]
     cdef Py_ssize_t npack = (_packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
                              if use_packed(floating is float, B, GH, Hout) else 0)
-    cdef Py_ssize_t nscratch = N * SD + N * Hout + N * P + B * H + npack
+    cdef Py_ssize_t nscratch, nbpack = 0
     cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
-    cdef floating *scratch
-    try:
-        scratch = <floating *> _scratch(nscratch * sizeof(floating), True)
-    except MemoryError:
-        free(off)
-        raise
-    cdef floating *pdg = scratch
-    cdef floating *php = pdg + N * SD
-    cdef floating *pdhp = php + N * Hout
-    cdef floating *pdm = pdhp + N * P
-    cdef floating *ppk = pdm + B * H
+    cdef floating *scratch = NULL
+    cdef floating *pdg
     cdef const Py_ssize_t *pbs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
-    cdef floating *pdh = <floating *> cnp.PyArray_DATA(dh)
-    cdef floating *pdc = (<floating *> cnp.PyArray_DATA(dc)) if lstm else NULL
-    cdef floating *pdx = <floating *> cnp.PyArray_DATA(dx)
-    cdef floating *pdwih = <floating *> cnp.PyArray_DATA(dw_ih)
-    cdef floating *pdwhh = <floating *> cnp.PyArray_DATA(dw_hh)
-    cdef floating *pdbih = <floating *> cnp.PyArray_DATA(db_ih)
-    cdef floating *pdbhh = <floating *> cnp.PyArray_DATA(db_hh)
-    cdef floating *pdwhr = (<floating *> cnp.PyArray_DATA(dw_hr)) if P else NULL
     cdef BwdLoop L
     cdef fr_task_fn task
     cdef int nth = 1
@@ -1077,6 +1106,20 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
         _last_threads = nth
         _split_sequences(pbs, T, B, N, nth, seqs, 0)
+        if npack and nth == 1:
+            npack -= sizes[3]  # W_ih is packed for threaded calls only
+        elif npack:
+            nbpack = fr_packed_size(max(I, H, Hout), FR_KC)
+        nscratch = N * SD + N * Hout + N * P + B * H + npack + nth * nbpack
+        scratch = <floating *> _scratch(nscratch * sizeof(floating), True)
+        pdg = scratch
+        L.pdg = pdg
+        L.php = pdg + N * SD
+        L.pdhp = pdg + N * SD + N * Hout
+        L.pdm = pdg + N * SD + N * Hout + N * P
+        L.ppk = (pdg + N * SD + N * Hout + N * P + B * H) if npack else NULL
+        L.pbpack = (pdg + N * SD + N * Hout + N * P + B * H + npack) if nbpack else NULL
+        L.bpack_floats = nbpack
         L.mode, L.reset_after, L.reverse = mode, reset_after, reverse
         L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH, L.SD = T, N, I, H, Hout, P, SH, SD
         L.bs, L.off, L.seqs = pbs, off, seqs
@@ -1084,9 +1127,13 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
         L.pwih, L.pwhh, L.pwhr = <void *> pwih, <void *> pwhh, <void *> pwhr
         L.pout, L.pgates, L.pcs = <void *> pout, <void *> pgates, <void *> pcs
         L.pms, L.pdout = <void *> pms, <void *> pdout
-        L.pdh, L.pdc, L.pdg, L.php, L.pdhp, L.pdm, L.pseq = pdh, pdc, pdg, php, pdhp, pdm, pseq
-        L.pdx, L.pdwih, L.pdwhh, L.pdbih, L.pdbhh, L.pdwhr = pdx, pdwih, pdwhh, pdbih, pdbhh, pdwhr
-        L.ppk = ppk if npack else NULL
+        L.pdh = cnp.PyArray_DATA(dh)
+        L.pdc = cnp.PyArray_DATA(dc) if lstm else NULL
+        L.pseq = pseq
+        L.pdx, L.pdwih = cnp.PyArray_DATA(dx), cnp.PyArray_DATA(dw_ih)
+        L.pdwhh, L.pdbih = cnp.PyArray_DATA(dw_hh), cnp.PyArray_DATA(db_ih)
+        L.pdbhh = cnp.PyArray_DATA(db_hh)
+        L.pdwhr = cnp.PyArray_DATA(dw_hr) if P else NULL
         task = backward_task_f if floating is float else backward_task_d
         with nogil:
             fr_pool_run(task, &L, nth)
