@@ -45,3 +45,43 @@ def test_training_forward_keeps_what_bptt_needs():
     np.testing.assert_array_equal(out, out2)
     # i, f, g, o and c_t per step at least: 5x the output
     assert peak_training >= 5 * out.nbytes > peak_inference
+
+
+def test_cached_output_blocks_never_alias_a_live_array():
+    """Outputs reuse the blocks of dead outputs: a live output (or a view of one) keeps
+    its values through later calls, and a dead one's block serves the next call."""
+    from fastrnn import _kernels
+    layer = fastrnn.LSTM(64, 64, seed=0)
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((200, 8, 64)).astype(np.float32) for _ in range(2))
+    out1, _ = layer(x1)
+    view = out1[5]
+    kept = out1.copy()
+    del out1
+    for _ in range(3):
+        out2, _ = layer(x2)
+        assert not np.shares_memory(out2, view)
+        np.testing.assert_array_equal(view, kept[5])
+        del out2  # its block goes back to the cache and serves the next call
+    _kernels.release_workspace()
+    assert _kernels.workspace_bytes() == 0
+    out3, _ = layer(x1)
+    np.testing.assert_array_equal(out3, kept)
+
+
+def test_training_step_reuses_memory():
+    """A repeated training step takes its large outputs from the cache: the bytes kept
+    after the first step serve the second without growing, within the cache's bound."""
+    from fastrnn import _kernels
+    layer = fastrnn.GRU(128, 128, seed=0)
+    x = np.random.default_rng(1).standard_normal((100, 16, 128)).astype(np.float32)
+
+    def step():
+        out, _, cache = layer.forward(x)
+        layer.backward(cache, np.ones_like(out))
+
+    step()
+    kept = _kernels.workspace_bytes()
+    step()
+    assert _kernels.workspace_bytes() == kept
+    assert 0 < kept <= 512 << 20

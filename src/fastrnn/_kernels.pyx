@@ -33,6 +33,8 @@ import os
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport free, malloc
+from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext,
+                               PyCapsule_GetPointer, PyCapsule_New, PyCapsule_SetContext)
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
@@ -403,11 +405,18 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
-    if training:
+    if pk_ih != NULL:
+        # Threads on the packed kernel project each step's rows as the step comes: a
+        # thread's rows of a step are adjacent in x, the kernel is as fast on a few rows
+        # as on many, and the projection is still in cache when the cell reads it.
+        if not training:
+            pgates += tid * chunk_rows * SH
+    elif training:
         # the input projection of every row at once, the saved gates its output
         fr_split(off[T], 1, tid, nth, &lo_row, &hi_row)
-        step_gemm(pk_ih, <int> (hi_row - lo_row), <int> GH, <int> I, px + lo_row * I,
-                  <int> I, True, pwih, <int> I, False, pgates + lo_row * SH, <int> SH)
+        gemm(False, True, <int> (hi_row - lo_row), <int> GH, <int> I, <floating> 1,
+             px + lo_row * I, <int> I, pwih, <int> I, <floating> 0, pgates + lo_row * SH,
+             <int> SH)
         sync(tid, nth)
     elif nth > 1:
         pgates += tid * chunk_rows * SH
@@ -420,7 +429,11 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             if chunk_end == s:
                 chunk_end = s + 1
             continue
-        if training:
+        if pk_ih != NULL:
+            a = (pgates + (r0 + lo) * SH) if training else pgates
+            step_gemm(pk_ih, <int> n, <int> GH, <int> I, px + (r0 + lo) * I, <int> I, True,
+                      pwih, <int> I, False, a, <int> SH)
+        elif training:
             a = pgates + (r0 + lo) * SH
         else:
             if s == chunk_end:
@@ -438,8 +451,9 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                     s_end += 1
                 if pxg == NULL:
                     row_base = off[T - s_end] if reverse else off[s]
-                    step_gemm(pk_ih, <int> rows, <int> GH, <int> I, px + row_base * I,
-                              <int> I, True, pwih, <int> I, False, pgates, <int> SH)
+                    gemm(False, True, <int> rows, <int> GH, <int> I, <floating> 1,
+                         px + row_base * I, <int> I, pwih, <int> I, <floating> 0, pgates,
+                         <int> SH)
                 else:
                     j = 0
                     for u in range(s, s_end):
@@ -447,8 +461,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                         memcpy(pxg + j * I, px + (off[step_time(reverse, T, u)] + lo) * I,
                                b * I * sizeof(floating))
                         j += b
-                    step_gemm(pk_ih, <int> rows, <int> GH, <int> I, pxg, <int> I, True, pwih,
-                              <int> I, False, pgates, <int> SH)
+                    gemm(False, True, <int> rows, <int> GH, <int> I, <floating> 1, pxg,
+                         <int> I, pwih, <int> I, <floating> 0, pgates, <int> SH)
                 pos = 0
                 chunk_end = s_end
             if pxg == NULL:
@@ -782,14 +796,16 @@ cdef void _release_kept():
 
 
 def release_workspace():
-    """Free the backward workspace kept for the next call (unless a call is using it)."""
+    """Free the backward workspace kept for the next call (unless a call is using it) and
+    the cached blocks of dead output arrays."""
     if not _kept_busy:
         _release_kept()
+    _cache_clear()
 
 
 def workspace_bytes():
-    """Bytes of the kept backward workspace."""
-    return _kept_size
+    """Bytes kept for later calls: the backward workspace and cached output blocks."""
+    return _kept_size + _cache_total
 
 
 cdef Py_ssize_t _dim(object a, int i):
@@ -821,6 +837,65 @@ cdef char *_opt(object a, int typenum, int nd, Py_ssize_t d0, Py_ssize_t d1, str
     return NULL if a is None else _data(a, typenum, nd, d0, d1, name)
 
 
+# Large outputs (the saved activations, out, dx: megabytes every training step) come from
+# a cache of blocks that earlier outputs gave back when their arrays died. Fresh memory of
+# that size is mapped anew by malloc on each call, and faulting its pages in cost about a
+# third of a training forward (LSTM 100x16x256: 2900 page faults a call). The cache keeps
+# at most CACHE_BLOCKS blocks and CACHE_BYTES bytes; release_workspace() empties it.
+cdef enum:
+    CACHE_BLOCKS = 32
+    CACHE_MIN_BYTES = 1 << 18
+cdef size_t CACHE_BYTES = 512 << 20
+cdef void *_cache_ptr[CACHE_BLOCKS]
+cdef size_t _cache_size[CACHE_BLOCKS]
+cdef int _cache_n = 0
+cdef size_t _cache_total = 0
+
+
+cdef void _block_return(object capsule) noexcept:
+    """Capsule destructor: an output array died; keep its block for a later one."""
+    global _cache_n, _cache_total
+    cdef void *p = PyCapsule_GetPointer(capsule, NULL)
+    cdef size_t nbytes = <size_t> PyCapsule_GetContext(capsule)
+    PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> p)
+    if _cache_n < CACHE_BLOCKS and _cache_total + nbytes <= CACHE_BYTES:
+        _cache_ptr[_cache_n] = p
+        _cache_size[_cache_n] = nbytes
+        _cache_n += 1
+        _cache_total += nbytes
+    else:
+        free(p)
+
+
+cdef void *_block_take(size_t *nbytes):
+    """A cached block of *nbytes to 1/8 more (the smallest; *nbytes becomes its size), or
+    NULL. Training repeats the same sizes; a much larger block would be memory wasted."""
+    global _cache_n, _cache_total
+    cdef int i, best = -1
+    for i in range(_cache_n):
+        if nbytes[0] <= _cache_size[i] <= nbytes[0] + nbytes[0] // 8 and (
+                best < 0 or _cache_size[i] < _cache_size[best]):
+            best = i
+    if best < 0:
+        return NULL
+    cdef void *p = _cache_ptr[best]
+    nbytes[0] = _cache_size[best]
+    _cache_total -= _cache_size[best]
+    _cache_n -= 1
+    _cache_ptr[best] = _cache_ptr[_cache_n]
+    _cache_size[best] = _cache_size[_cache_n]
+    return p
+
+
+cdef void _cache_clear():
+    global _cache_n, _cache_total
+    cdef int i
+    for i in range(_cache_n):
+        free(_cache_ptr[i])
+    _cache_n = 0
+    _cache_total = 0
+
+
 cdef cnp.ndarray _new(int typenum, Py_ssize_t d0, Py_ssize_t d1, bint zero):
     """A new array (d0,) (d1 < 0) or (d0, d1)."""
     cdef cnp.npy_intp dims[2]
@@ -829,7 +904,26 @@ cdef cnp.ndarray _new(int typenum, Py_ssize_t d0, Py_ssize_t d1, bint zero):
     cdef int nd = 1 if d1 < 0 else 2
     if zero:
         return cnp.PyArray_ZEROS(nd, dims, typenum, 0)
-    return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef size_t nbytes = <size_t> d0 * <size_t> (1 if d1 < 0 else d1) * (
+        4 if typenum == cnp.NPY_FLOAT32 else 8)
+    if nbytes < CACHE_MIN_BYTES or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64):
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef void *p = _block_take(&nbytes)
+    if p == NULL:
+        p = malloc(nbytes)
+        if p == NULL:
+            raise MemoryError()
+    cdef object arr
+    try:
+        owner = PyCapsule_New(p, NULL, <PyCapsule_Destructor> _block_return)
+        PyCapsule_SetContext(owner, <void *> nbytes)
+    except BaseException:
+        free(p)
+        raise
+    PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> p, nbytes)
+    arr = cnp.PyArray_SimpleNewFromData(nd, dims, typenum, p)
+    cnp.set_array_base(<cnp.ndarray> arr, owner)
+    return <cnp.ndarray> arr
 
 
 cdef cnp.ndarray _copy(object a):
