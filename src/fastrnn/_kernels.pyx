@@ -253,10 +253,10 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
 
 
 # From this many multiply-adds per step on, BLAS takes the step GEMMs. Off by default:
-# with the pool, a call's threads each run either the packed kernel or one-thread BLAS
-# on their share of the step, and the packed kernel is the faster of the two at every
-# size measured (it skips BLAS's packing of the weight at every step); kept so that tests
-# can force the BLAS path.
+# with the pool, each thread runs its sequences' step GEMMs either on the packed kernel
+# or on one-thread BLAS, and the packed kernel is the faster of the two at every size
+# measured (it skips BLAS's packing of the weight at every step); kept so that tests can
+# force the BLAS path.
 BLAS_STEP_WORK = 1 << 62
 
 
@@ -619,6 +619,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef floating *pk_ih = NULL
     cdef floating *pk_ih2 = NULL
     cdef floating *bpack = NULL
+    cdef long lo_c, hi_c
     if ppk != NULL:
         _packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
         pk_hh = pack_weight(tid, nth, ppk, False, Hout, K, pwhh, Hout)
@@ -709,7 +710,13 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
         colsum_add(tid, nth, N, GH, pdg, SD, pdbih)
     merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> SD, php, <int> Hout, pdwhh,
               <int> Hout, bpack)
-    colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
+    if gru_after:
+        colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
+    else:
+        # both biases meet the same pre-activations: one sum serves both; this thread's
+        # columns of it are the ones it summed
+        fr_split(GH, 16, tid, nth, &lo_c, &hi_c)
+        memcpy(pdbhh + lo_c, pdbih + lo_c, (hi_c - lo_c) * sizeof(floating))
     if gru_before:
         # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
         merged_tn(tid, nth, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD, pgates + 3 * H,
