@@ -7,6 +7,18 @@ import pytest
 # Compiled vs reference and fastrnn vs torch: both sides compute the same math in a
 # different order, so the error grows with T and H; these bounds hold for the sizes the
 # tests use (T <= 40, H <= 64) with values of order one.
+# Every cell variant the kernels implement, as (layer class, options), and the odd sizes
+# the backend comparisons use.
+CELLS = {
+    "tanh": ("RNN", dict(nonlinearity="tanh")),
+    "relu": ("RNN", dict(nonlinearity="relu")),
+    "lstm": ("LSTM", {}),
+    "lstm_proj": ("LSTM", dict(proj_size=5)),
+    "gru": ("GRU", dict(reset_after=True)),
+    "gru_before": ("GRU", dict(reset_after=False)),
+}
+I, H = 7, 13  # odd sizes
+
 TOL = {
     np.dtype(np.float32): dict(rtol=2e-4, atol=2e-5),
     np.dtype(np.float64): dict(rtol=1e-9, atol=1e-11),

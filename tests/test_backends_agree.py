@@ -10,19 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
-from conftest import assert_close, skip_no_compiled
+from conftest import CELLS, H, I, assert_close, skip_no_compiled
 
 pytestmark = skip_no_compiled
 
-CELLS = {
-    "tanh": ("RNN", dict(nonlinearity="tanh")),
-    "relu": ("RNN", dict(nonlinearity="relu")),
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", dict(proj_size=5)),
-    "gru": ("GRU", dict(reset_after=True)),
-    "gru_before": ("GRU", dict(reset_after=False)),
-}
-I, H = 7, 13  # odd sizes
 
 
 def _run_both(kind, extra, dtype, T, B, L, bi, bf, states, lengths, bias=True, unbatched=False,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import assert_close, skip_no_compiled
+from conftest import CELLS, H, I, assert_close, skip_no_compiled
 
 pytestmark = skip_no_compiled
 
@@ -29,15 +29,6 @@ try:
 except ImportError:  # not built: skip_no_compiled skips every test
     _kernels = None
 
-CELLS = {
-    "tanh": ("RNN", dict(nonlinearity="tanh")),
-    "relu": ("RNN", dict(nonlinearity="relu")),
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", dict(proj_size=5)),
-    "gru": ("GRU", dict(reset_after=True)),
-    "gru_before": ("GRU", dict(reset_after=False)),
-}
-I, H = 7, 13  # odd sizes
 DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 
 

@@ -1036,6 +1036,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
     cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
     cdef Py_ssize_t SH = S * H, chunk, j, nscratch
+    cdef bint gather
     cdef floating *pb
     cdef floating *pbhn
 
@@ -1066,19 +1067,23 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
         _last_threads = nth
+        gather = nth > 1 and npack == 0
         if not training:
             # a chunk row costs SH floats of projection, and I more of gathered input
-            # when threads gather their rows
+            # when threads gather their rows (BLAS projections; the packed kernel
+            # projects each step's rows in place)
             chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
-                CHUNK_SHARE_OF_OUTPUT * (SH + (I if nth > 1 else 0)))))
+                CHUNK_SHARE_OF_OUTPUT * (SH + (I if gather else 0)))))
+        # threads on the packed kernel project one step at a time: a chunk of their widest
+        # step's rows is all the room they need
         chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
-                                 nth, seqs, chunk)
+                                 nth, seqs, 0 if (nth > 1 and not gather) else chunk)
         if npack and nth == 1:
             npack -= sizes[3]  # W_ih is packed for threaded calls only
         nscratch = GH + H + B * GH + npack
         if not training:
             nscratch += nth * chunk * SH + (B * H if P else 0)
-            if nth > 1:
+            if gather:
                 nscratch += nth * chunk * I
         scratch = <floating *> _scratch(nscratch * sizeof(floating), False)
         L.pb = scratch
@@ -1092,7 +1097,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         if P:
             L.pms = (cnp.PyArray_DATA(ms) if training
                      else <void *> (<floating *> L.pgates + nth * chunk * SH))
-        if not training and nth > 1:
+        if not training and gather:
             L.pxg = <void *> (<floating *> L.pgates + nth * chunk * SH + (B * H if P else 0))
         # b_ih + b_hh, but the reset-after GRU keeps b_hn apart: r multiplies W_hn h + b_hn
         pb = <floating *> L.pb
