@@ -2,10 +2,10 @@
 
 The per-step products run either on the packed AVX-512 kernel (small steps) or on BLAS
 (large steps, float64, other CPUs); each test forces one path with BLAS_STEP_WORK and
-picks shapes that reach the kernel's edge cases: 1 to 13 rows (every remainder of its
-6-row blocks, the single-row two-panel path with an odd panel count, and one row times
-one panel of 1 to 3 vectors of columns), partial
-64-column panels, ragged batches whose step sizes shrink, both directions.
+picks shapes that reach the kernel's edge cases: 1 to 13 rows (every split of them into
+blocks of at most 6 rows, the single-row two-panel path with an odd panel count, and one
+row times one panel of 1 to 3 vectors of columns), partial 64-column panels, ragged
+batches whose step sizes shrink, both directions.
 """
 import numpy as np
 import pytest
