@@ -1,7 +1,7 @@
 """The compiled backend's thread pool (``_pool.h``): a kernel call splits the batch's
 sequences between threads, as many as scipy's OpenBLAS is set to (threadpoolctl limits
-apply), capped by ``fastrnn.set_num_threads``; B < 2 and small calls run on one thread;
-BLAS is held to one thread during a call and restored after it.
+apply), capped by ``fastrnn.set_num_threads``; small calls and the inference of B = 1
+run on one thread; BLAS is held to one thread during a call and restored after it.
 
 Checked here: threaded calls give the one-thread and the reference results (every cell,
 both dtypes, inference and training, ragged and full batches, both directions, blocks
@@ -237,17 +237,27 @@ def _lstm_call(B, T, I=32, H=32, seed=0):
     return layer, x
 
 
-def test_batch_of_one_runs_on_one_thread(force_threads):
-    """B = 1 is never split, however much work, even with THREAD_CALL_WORK = 0."""
+def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_threads):
+    """B = 1: inference runs on one thread, however much work (one sequence to split);
+    the training forward and the backward take threads for their GEMMs over all steps,
+    and agree with one thread and with the reference."""
     _need_threads()
-    layer, x = _lstm_call(B=1, T=200, I=64, H=64)
-    layer(x)
-    assert _kernels.last_call_threads() == 1
-    out, hn, cache = layer.forward(x)
-    assert _kernels.last_call_threads() == 1
-    layer.backward(cache, np.ones_like(out))
-    assert _kernels.last_call_threads() == 1
-    # positive control: the same with B = 2 is threaded
+    for cell, (kind, extra) in CELLS.items():
+        for dtype in (np.float32, np.float64):
+            what = f"{cell} {dtype.__name__}"
+            data = _data(kind, extra, 30, 1, 2, True, seed=3)
+            ref = _run(_layer(kind, extra, dtype, "reference", True, 2), *data, None)
+            layer = _layer(kind, extra, dtype, "compiled", True, 2)
+            fastrnn.set_num_threads(1)
+            one = _run(layer, *data, None)
+            fastrnn.set_num_threads(2)
+            kernel_threads.clear()
+            two = _run(layer, *data, None)
+            # per direction and layer: inference, training forward, then the backwards
+            assert [n for _, n in kernel_threads] == [1] * 4 + [2] * 4 + [2] * 4, what
+            _compare(two, one, dtype, f"{what}: 2 threads vs 1")
+            _compare(two, ref, dtype, f"{what}: 2 threads vs reference")
+    # positive control: with B = 2 inference is threaded too
     layer, x = _lstm_call(B=2, T=200, I=64, H=64)
     layer(x)
     assert _kernels.last_call_threads() == 2

@@ -130,11 +130,14 @@ def last_call_threads():
     return _last_threads
 
 
-cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K):
-    """Threads worth a call of N rows in a batch of B (threads split the sequences)."""
-    if B < 2 or N * GH * K < THREAD_CALL_WORK:
+cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
+                       bint merged):
+    """Threads worth a call of N rows in a batch of B. Threads split the sequences, and
+    the GEMMs over all steps (merged: the training forward's input projection, the
+    backward's gradients) by rows: there a single sequence is worth threads too."""
+    if N * GH * K < THREAD_CALL_WORK or (B < 2 and not merged):
         return 1
-    return <int> min(B, FR_MAX_THREADS)
+    return <int> (FR_MAX_THREADS if merged else min(B, FR_MAX_THREADS))
 
 
 cdef Py_ssize_t _split_sequences(const Py_ssize_t *bs, Py_ssize_t T, Py_ssize_t B,
@@ -863,9 +866,13 @@ cdef char *_opt(object a, int typenum, int nd, Py_ssize_t d0, Py_ssize_t d1, str
 # that size is mapped anew by malloc on each call, and faulting its pages in cost about a
 # third of a training forward (LSTM 100x16x256: 2900 page faults a call). The cache keeps
 # at most CACHE_BLOCKS blocks and CACHE_BYTES bytes; release_workspace() empties it.
+# Outputs from 16 KB on take part: malloc returns freed memory to the system once a few
+# hundred KB of it are free, so even a small layer's outputs (GRU 100x1x128: 200 KB of
+# saved gates) faulted their pages in anew each step (its training forward: 0.79 ms with
+# a 256 KB floor here, 0.31 ms with 16 KB).
 cdef enum:
     CACHE_BLOCKS = 32
-    CACHE_MIN_BYTES = 1 << 18
+    CACHE_MIN_BYTES = 1 << 14
 cdef size_t CACHE_BYTES = 512 << 20
 cdef void *_cache_ptr[CACHE_BLOCKS]
 cdef size_t _cache_size[CACHE_BLOCKS]
@@ -1079,7 +1086,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef FwdLoop L
     cdef fr_task_fn task
     try:
-        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
+        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, training))
         _last_threads = nth
         gather = nth > 1 and npack == 0
         if not training:
@@ -1223,7 +1230,7 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef int nth = 1
     cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
     try:
-        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout))
+        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, True))
         _last_threads = nth
         _split_sequences(pbs, T, B, N, nth, seqs, 0)
         if npack and nth == 1:
