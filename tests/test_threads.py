@@ -263,6 +263,36 @@ def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_thread
     assert _kernels.last_call_threads() == 2
 
 
+def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threads):
+    """B = 1 with a large W_hh (here forced from any size): both threads run the one
+    sequence, each computing the gates and cells of its share of the units (whole 64-unit
+    panels, so H = 192 gives one thread 64 and the other 128), inference and training
+    forward, both directions, two layers; the cells it does not cover (projection,
+    reset-before GRU) and H not a multiple of 64 keep one thread. Every result agrees
+    with one thread and with the reference."""
+    _need_threads()
+    monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
+    monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
+    for cell, (kind, extra) in CELLS.items():
+        for Hs in (192, 72):
+            splits = cell not in ("lstm_proj", "gru_before") and Hs % 64 == 0
+            what = f"{cell} H={Hs}"
+            data = _data(kind, extra, 23, 1, 2, True, seed=5, I=40, H=Hs)
+            ref = _run(_layer(kind, extra, np.float64, "reference", True, 2, I=40, H=Hs),
+                       *data, None)
+            layer = _layer(kind, extra, np.float32, "compiled", True, 2, I=40, H=Hs)
+            fastrnn.set_num_threads(1)
+            one = _run(layer, *data, None)
+            fastrnn.set_num_threads(2)
+            kernel_threads.clear()
+            two = _run(layer, *data, None)
+            inference = [n for _, n in kernel_threads][:4]
+            assert inference == [2 if splits else 1] * 4, f"{what}: {kernel_threads}"
+            _compare(two, one, np.float32, f"{what}: 2 threads vs 1")
+            ref32 = {k: v.astype(np.float32) for k, v in ref.items()}
+            _compare(two, ref32, np.float32, f"{what}: 2 threads vs reference")
+
+
 def test_small_calls_run_on_one_thread_large_ones_on_two():
     """With the default THREAD_CALL_WORK: tiny calls on one thread, large ones threaded."""
     _need_threads()

@@ -8,12 +8,12 @@ from cython cimport floating
 cdef extern from "_cellmath.h" nogil:
     void rnn_row_f(int relu, long H, float *v, const float *gh, const float *bias)
     void rnn_row_d(int relu, long H, double *v, const double *gh, const double *bias)
-    void lstm_row_f(long H, float *a, const float *gh, const float *bias, float *c, float *m)
-    void lstm_row_d(long H, double *a, const double *gh, const double *bias, double *c,
+    void lstm_row_f(long H, long n, float *a, const float *gh, const float *bias, float *c, float *m)
+    void lstm_row_d(long H, long n, double *a, const double *gh, const double *bias, double *c,
                     double *m)
-    void gru_after_row_f(long H, float *a, const float *gh, const float *bias,
+    void gru_after_row_f(long H, long n, float *a, const float *gh, const float *bias,
                          const float *b_hn, const float *hprev, float *hnew)
-    void gru_after_row_d(long H, double *a, const double *gh, const double *bias,
+    void gru_after_row_d(long H, long n, double *a, const double *gh, const double *bias,
                          const double *b_hn, const double *hprev, double *hnew)
     void gru_before_gates_f(long H, float *a, const float *gh, const float *bias,
                             const float *hprev)
@@ -53,22 +53,24 @@ cdef inline void rnn_row(bint relu, Py_ssize_t H, floating *v, const floating *g
         rnn_row_d(relu, H, v, gh, bias)
 
 
-cdef inline void lstm_row(Py_ssize_t H, floating *a, const floating *gh,
+cdef inline void lstm_row(Py_ssize_t H, Py_ssize_t n, floating *a, const floating *gh,
                           const floating *bias, floating *c, floating *m) noexcept nogil:
-    """c is updated in place; m = o * tanh(c) is h (or the input of the projection)."""
+    """Units [0, n) of gate blocks H apart: c is updated in place; m = o * tanh(c) is h
+    (or the input of the projection)."""
     if floating is float:
-        lstm_row_f(H, a, gh, bias, c, m)
+        lstm_row_f(H, n, a, gh, bias, c, m)
     else:
-        lstm_row_d(H, a, gh, bias, c, m)
+        lstm_row_d(H, n, a, gh, bias, c, m)
 
 
-cdef inline void gru_after_row(Py_ssize_t H, floating *a, const floating *gh,
+cdef inline void gru_after_row(Py_ssize_t H, Py_ssize_t n, floating *a, const floating *gh,
                                const floating *bias, const floating *b_hn,
                                const floating *hprev, floating *hnew) noexcept nogil:
+    """Units [0, n) of gate blocks H apart."""
     if floating is float:
-        gru_after_row_f(H, a, gh, bias, b_hn, hprev, hnew)
+        gru_after_row_f(H, n, a, gh, bias, b_hn, hprev, hnew)
     else:
-        gru_after_row_d(H, a, gh, bias, b_hn, hprev, hnew)
+        gru_after_row_d(H, n, a, gh, bias, b_hn, hprev, hnew)
 
 
 cdef inline void gru_before_gates(Py_ssize_t H, floating *a, const floating *gh,

@@ -16,11 +16,13 @@ FR_CLONES static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
     }
 }
 
-FR_CLONES static void FR_NAME(lstm_row)(long H, FR_T *restrict a, const FR_T *restrict gh,
-                                        const FR_T *restrict bias, FR_T *restrict c,
-                                        FR_T *restrict m)
+/* lstm_row and gru_after_row compute units [0, n) of gate blocks H apart (n = H but for
+ * a thread's share of the units; pointers then start at its first unit). */
+FR_CLONES static void FR_NAME(lstm_row)(long H, long n, FR_T *restrict a,
+                                        const FR_T *restrict gh, const FR_T *restrict bias,
+                                        FR_T *restrict c, FR_T *restrict m)
 {
-    for (long j = 0; j < H; j++) {
+    for (long j = 0; j < n; j++) {
         FR_T i = FR_SIGMOID(a[j] + gh[j] + bias[j]);
         FR_T f = FR_SIGMOID(a[H + j] + gh[H + j] + bias[H + j]);
         FR_T g = FR_TANH(a[2 * H + j] + gh[2 * H + j] + bias[2 * H + j]);
@@ -35,12 +37,13 @@ FR_CLONES static void FR_NAME(lstm_row)(long H, FR_T *restrict a, const FR_T *re
     }
 }
 
-FR_CLONES static void FR_NAME(gru_after_row)(long H, FR_T *restrict a, const FR_T *restrict gh,
+FR_CLONES static void FR_NAME(gru_after_row)(long H, long n, FR_T *restrict a,
+                                             const FR_T *restrict gh,
                                              const FR_T *restrict bias,
                                              const FR_T *restrict b_hn,
                                              const FR_T *restrict hprev, FR_T *restrict hnew)
 {
-    for (long j = 0; j < H; j++) {
+    for (long j = 0; j < n; j++) {
         FR_T r = FR_SIGMOID(a[j] + gh[j] + bias[j]);
         FR_T z = FR_SIGMOID(a[H + j] + gh[H + j] + bias[H + j]);
         FR_T hn = gh[2 * H + j] + b_hn[j];

@@ -321,10 +321,15 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # ---------------------------------------------------------------------------------------
 # Forward
 
+# From this many weights in W_hh (1 MB of float32: LSTM from H = 256, GRU from 320, RNN
+# from 512), threads split the units of a batch of one sequence, meeting at every step.
+SPLIT_UNITS_WORK = 1 << 18
+
+
 cdef struct FwdLoop:
     # the problem (see forward_loop) and its buffers, typed by the task that runs it;
     # inputs: I (<complex.h> defines I as a macro)
-    int mode, reset_after, reverse, training
+    int mode, reset_after, reverse, training, split
     Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -421,6 +426,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                  px + lo_row * I, <int> I, pwih, <int> I, <floating> 0,
                  pgates + lo_row * SH, <int> SH)
         sync(tid, nth)
+    elif L.split:
+        pass
     elif pk_ih != NULL:
         # Threads on the packed kernel project each step's rows as the step comes: a
         # thread's rows of a step are adjacent in x, the kernel is as fast on a few rows
@@ -429,6 +436,9 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     elif nth > 1:
         pgates += tid * chunk_rows * SH
         pxg = <floating *> L.pxg + tid * chunk_rows * I
+    if L.split:
+        forward_units(kind, L, tid, nth, pk_hh, pk_ih)
+        return
     for s in range(T):
         t = step_time(reverse, T, s)
         r0 = off[t]
@@ -502,13 +512,13 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                     m = pms + ((r0 + lo + b) if training else (lo + b)) * H
                 else:
                     m = pout + (r0 + lo + b) * Hout
-                lstm_row(H, arow, pgh + (lo + b) * GH, pb, pc + (lo + b) * H, m)
+                lstm_row(H, H, arow, pgh + (lo + b) * GH, pb, pc + (lo + b) * H, m)
                 if training:
                     memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
                 if P == 0:
                     memcpy(hp + b * Hout, m, H * sizeof(floating))
             elif mode == GRU:
-                gru_after_row(H, arow, pgh + (lo + b) * GH, pb, pbhn, hp + b * Hout,
+                gru_after_row(H, H, arow, pgh + (lo + b) * GH, pb, pbhn, hp + b * Hout,
                               pout + (r0 + lo + b) * Hout)
                 memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
             else:
@@ -522,6 +532,75 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
                       False, hp, <int> P)
             memcpy(pout + (r0 + lo) * P, hp, n * P * sizeof(floating))
+
+
+cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *pk_hh,
+                        floating *pk_ih) noexcept nogil:
+    """One sequence (B = 1) on threads that split its hidden units: thread tid computes
+    the gate columns of units [u0, u1) (whole panels of the packed weights, H % 64 == 0)
+    and their cell, then all meet at a barrier before the next step, which needs the
+    whole of h. Each thread reads its own share of the weights, from its own cache, so
+    that a step that streams W_hh from memory runs at the bandwidth of all the cores.
+    h_{t-1} is read from the previous output row, so no thread overwrites what another
+    still reads. The training forward has projected every row before (forward_loop);
+    inference projects a chunk of steps at a time, each thread its own columns.
+    Float32 on the packed kernel, no projection (P = 0), no reset-before GRU."""
+    cdef int mode = L.mode
+    cdef bint reverse = L.reverse, training = L.training
+    cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, SH = L.SH, chunk_rows = L.chunk_rows
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t GH = G * H
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *px = <const floating *> L.px
+    cdef const floating *pb = <const floating *> L.pb
+    cdef const floating *pbhn = <const floating *> L.pbhn
+    cdef floating *ph = <floating *> L.ph
+    cdef floating *pc = <floating *> L.pc
+    cdef floating *pout = <floating *> L.pout
+    cdef floating *pgates = <floating *> L.pgates
+    cdef floating *pcs = <floating *> L.pcs
+    cdef floating *pgh = <floating *> L.pgh
+    cdef const floating *hsrc = ph
+    cdef floating *a
+    cdef floating *orow
+    cdef long u0, u1
+    cdef Py_ssize_t s, s_end, t, row, g, nu, row_base = 0, chunk_end = 0
+    if floating is float:
+        fr_split(H, 64, tid, nth, &u0, &u1)
+        nu = u1 - u0
+        for s in range(T):
+            t = step_time(reverse, T, s)
+            row = off[t]
+            if training:
+                a = pgates + row * SH
+            else:
+                if s == chunk_end:
+                    s_end = min(T, s + chunk_rows)
+                    row_base = off[T - s_end] if reverse else off[s]
+                    for g in range(G):
+                        fr_gemm_panels(s_end - s, GH, I, px + row_base * I, I, pk_ih, pgates,
+                                       SH, 0, (g * H + u0) // 64, (g * H + u1) // 64)
+                    chunk_end = s_end
+                a = pgates + (row - row_base) * SH
+            for g in range(G):
+                fr_gemm_panels(1, GH, H, hsrc, H, pk_hh, pgh, GH, 0, (g * H + u0) // 64,
+                               (g * H + u1) // 64)
+            orow = pout + row * H
+            if mode == LSTM:
+                lstm_row(H, nu, a + u0, pgh + u0, pb + u0, pc + u0, orow + u0)
+                if training:
+                    memcpy(pcs + row * H + u0, pc + u0, nu * sizeof(floating))
+            elif mode == GRU:
+                gru_after_row(H, nu, a + u0, pgh + u0, pb + u0, pbhn + u0, hsrc + u0,
+                              orow + u0)
+            else:
+                rnn_row(mode == RNN_RELU, nu, a + u0, pgh + u0, pb + u0)
+                if not training:  # when training, a is the output row itself
+                    memcpy(orow + u0, a + u0, nu * sizeof(floating))
+            sync(tid, nth)
+            hsrc = orow
+        if hsrc != ph:
+            memcpy(ph + u0, hsrc + u0, nu * sizeof(floating))
 
 
 cdef void forward_task_f(void *ctx, int tid, int nth) noexcept nogil:
@@ -1085,9 +1164,15 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef int nth = 1
     cdef FwdLoop L
     cdef fr_task_fn task
+    # one sequence whose step streams a large W_hh: threads split its units
+    cdef bint split = (B == 1 and npack != 0 and P == 0 and H % 64 == 0
+                       and not (mode == GRU and not reset_after)
+                       and GH * Hout >= SPLIT_UNITS_WORK)
     try:
-        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, training))
+        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, training or split))
         _last_threads = nth
+        split = split and nth > 1
+        L.split = split
         gather = nth > 1 and npack == 0
         if not training:
             # a chunk row costs SH floats of projection, and I more of gathered input
