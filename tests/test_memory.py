@@ -69,6 +69,35 @@ def test_cached_output_blocks_never_alias_a_live_array():
     np.testing.assert_array_equal(out3, kept)
 
 
+def test_copy_array_copies_into_recycled_blocks():
+    """The weight snapshots of a training cache: equal, independent copies for C-ordered
+    float arrays of 1 or 2 dimensions (a dead copy's block serves the next one), a plain
+    copy of anything else, TypeError for what is not an array."""
+    from fastrnn import _kernels
+    rng = np.random.default_rng(0)
+    for a in (rng.standard_normal((300, 70)).astype(np.float32),
+              rng.standard_normal(9000), rng.standard_normal((5, 3)).astype(np.float32),
+              np.asfortranarray(rng.standard_normal((200, 50))),
+              rng.standard_normal((4, 100, 30))):
+        c = _kernels.copy_array(a)
+        assert c.dtype == a.dtype and c.shape == a.shape and c.flags.c_contiguous
+        assert not np.shares_memory(c, a)
+        np.testing.assert_array_equal(c, a)
+        before = a.copy()
+        c += 1
+        np.testing.assert_array_equal(a, before)
+    big = rng.standard_normal((400, 100))
+    _kernels.release_workspace()  # an empty cache: the block of `first` is its only one
+    first = _kernels.copy_array(big)
+    address = first.__array_interface__["data"][0]
+    del first
+    again = _kernels.copy_array(big)
+    assert again.__array_interface__["data"][0] == address
+    np.testing.assert_array_equal(again, big)
+    with pytest.raises(TypeError, match="NumPy array"):
+        _kernels.copy_array([1.0, 2.0])
+
+
 def test_training_step_reuses_memory():
     """A repeated training step takes its large outputs from the cache: the bytes kept
     after the first step serve the second without growing, within the cache's bound."""

@@ -1033,6 +1033,21 @@ cdef cnp.ndarray _new(int typenum, Py_ssize_t d0, Py_ssize_t d1, bint zero):
     return <cnp.ndarray> arr
 
 
+def copy_array(a):
+    """A copy of a C-contiguous float32 or float64 array of 1 or 2 dimensions whose memory
+    comes from the block cache (the weight snapshots of a training cache), else a.copy()."""
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"copy_array takes a NumPy array, got {type(a).__name__}")
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    cdef int nd = cnp.PyArray_NDIM(a)
+    if (nd > 2 or nd < 1 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)):
+        return a.copy()
+    cdef cnp.ndarray out = _new(typenum, _dim(a, 0), _dim(a, 1) if nd == 2 else -1, False)
+    memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(a))
+    return out
+
+
 cdef cnp.ndarray _copy(object a):
     return cnp.PyArray_NewCopy(<cnp.ndarray> a, cnp.NPY_CORDER)
 

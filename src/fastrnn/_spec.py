@@ -17,6 +17,9 @@ Each backend module (``fastrnn.reference`` and ``fastrnn._compiled``) provides::
              dout, dh_n, dc_n, reverse, dh_seq=None)
         -> dx, dh0, dc0, grads
 
+and may provide ``copy(a)``, the copy of a parameter array that a training cache keeps
+(``np.copy`` if not).
+
 Arguments (the caller guarantees all of this; backends do not re-validate):
 
 - ``spec``: a :class:`CellSpec`.

@@ -408,7 +408,8 @@ class RNNBase:
             self._wmemo = memo
         res = memo[1]
         if copy:
-            res = [{k: (None if v is None else v.copy()) for k, v in p.items()} for p in res]
+            cp = getattr(self._be, "copy", np.copy)
+            res = [{k: (None if v is None else cp(v)) for k, v in p.items()} for p in res]
         return res
 
     def _check_weights(self):
