@@ -64,14 +64,15 @@ def force_threads(monkeypatch):
 
 @pytest.fixture
 def kernel_threads(monkeypatch):
-    """A list that receives (entry point, threads) after each kernel call."""
+    """A list that receives (entry point, threads, units split) after each kernel call."""
     record = []
     for name in ("forward", "backward"):
         fn = getattr(_kernels, name)
 
         def wrapped(*args, _fn=fn, _name=name):
             res = _fn(*args)
-            record.append((_name, _kernels.last_call_threads()))
+            record.append((_name, _kernels.last_call_threads(),
+                           _kernels.last_call_split_units()))
             return res
 
         monkeypatch.setattr(_kernels, name, wrapped)
@@ -172,14 +173,14 @@ def test_forced_threads_agree_with_one_thread_and_reference(cell, dtype, force_t
         one = _run(layer, *data, lengths)
         calls = 2 * L * (2 if bi else 1) + L * (2 if bi else 1)  # inference, training, bwd
         assert len(kernel_threads) == calls, what
-        assert {n for _, n in kernel_threads} == {1}, f"{what}: {kernel_threads}"
+        assert {n for _, n, _ in kernel_threads} == {1}, f"{what}: {kernel_threads}"
 
         fastrnn.set_num_threads(2)
         kernel_threads.clear()
         two = _run(layer, *data, lengths)
         assert len(kernel_threads) == calls, what
         if threaded:
-            assert {n for _, n in kernel_threads} == {2}, f"{what}: {kernel_threads}"
+            assert {n for _, n, _ in kernel_threads} == {2}, f"{what}: {kernel_threads}"
             assert _kernels.last_call_threads() == 2
 
         _compare(two, one, dtype, f"{what}, 2 threads vs 1")
@@ -222,7 +223,7 @@ def test_more_threads_and_idle_threads_agree(cell, force_threads, kernel_threads
                 assert fastrnn.get_num_threads() == nth
                 kernel_threads.clear()
                 many = _run(layer, *data, lengths)
-                assert {n for _, n in kernel_threads} == {nth}, f"{what}: {kernel_threads}"
+                assert {n for _, n, _ in kernel_threads} == {nth}, f"{what}: {kernel_threads}"
                 _compare(many, one, dtype, f"{what} vs 1 thread")
                 _compare(many, ref, dtype, f"{what} vs reference")
 
@@ -254,7 +255,7 @@ def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_thread
             kernel_threads.clear()
             two = _run(layer, *data, None)
             # per direction and layer: inference, training forward, then the backwards
-            assert [n for _, n in kernel_threads] == [1] * 4 + [2] * 4 + [2] * 4, what
+            assert [n for _, n, _ in kernel_threads] == [1] * 4 + [2] * 4 + [2] * 4, what
             _compare(two, one, dtype, f"{what}: 2 threads vs 1")
             _compare(two, ref, dtype, f"{what}: 2 threads vs reference")
     # positive control: with B = 2 inference is threaded too
@@ -286,8 +287,9 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
             fastrnn.set_num_threads(2)
             kernel_threads.clear()
             two = _run(layer, *data, None)
-            inference = [n for _, n in kernel_threads][:4]
+            inference = [n for _, n, _ in kernel_threads][:4]
             assert inference == [2 if splits else 1] * 4, f"{what}: {kernel_threads}"
+            assert [s for _, _, s in kernel_threads] == [splits] * 12, what
             _compare(two, one, np.float32, f"{what}: 2 threads vs 1")
             ref32 = {k: v.astype(np.float32) for k, v in ref.items()}
             _compare(two, ref32, np.float32, f"{what}: 2 threads vs reference")

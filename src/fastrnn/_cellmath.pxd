@@ -25,12 +25,13 @@ cdef extern from "_cellmath.h" nogil:
                           const double *hprev, double *hnew)
     void rnn_drow_f(int relu, long H, const float *h, const float *dh, float *dg)
     void rnn_drow_d(int relu, long H, const double *h, const double *dh, double *dg)
-    void lstm_drow_f(long H, const float *a, const float *c, const float *cprev,
+    void lstm_drow_f(long H, long n, const float *a, const float *c, const float *cprev,
                      const float *dm, float *dc, float *dg)
-    void lstm_drow_d(long H, const double *a, const double *c, const double *cprev,
+    void lstm_drow_d(long H, long n, const double *a, const double *c, const double *cprev,
                      const double *dm, double *dc, double *dg)
-    void gru_after_drow_f(long H, const float *a, const float *hprev, float *dh, float *dg)
-    void gru_after_drow_d(long H, const double *a, const double *hprev, double *dh,
+    void gru_after_drow_f(long H, long n, const float *a, const float *hprev, float *dh,
+                          float *dg)
+    void gru_after_drow_d(long H, long n, const double *a, const double *hprev, double *dh,
                           double *dg)
     void gru_before_drow1_f(long H, const float *a, const float *hprev, float *dh, float *dg)
     void gru_before_drow1_d(long H, const double *a, const double *hprev, double *dh,
@@ -101,21 +102,24 @@ cdef inline void rnn_drow(bint relu, Py_ssize_t H, const floating *h, const floa
         rnn_drow_d(relu, H, h, dh, dg)
 
 
-cdef inline void lstm_drow(Py_ssize_t H, const floating *a, const floating *c,
+cdef inline void lstm_drow(Py_ssize_t H, Py_ssize_t n, const floating *a, const floating *c,
                            const floating *cprev, const floating *dm, floating *dc,
                            floating *dg) noexcept nogil:
+    """Units [0, n) of gate blocks H apart."""
     if floating is float:
-        lstm_drow_f(H, a, c, cprev, dm, dc, dg)
+        lstm_drow_f(H, n, a, c, cprev, dm, dc, dg)
     else:
-        lstm_drow_d(H, a, c, cprev, dm, dc, dg)
+        lstm_drow_d(H, n, a, c, cprev, dm, dc, dg)
 
 
-cdef inline void gru_after_drow(Py_ssize_t H, const floating *a, const floating *hprev,
-                                floating *dh, floating *dg) noexcept nogil:
+cdef inline void gru_after_drow(Py_ssize_t H, Py_ssize_t n, const floating *a,
+                                const floating *hprev, floating *dh,
+                                floating *dg) noexcept nogil:
+    """Units [0, n) of gate blocks H apart."""
     if floating is float:
-        gru_after_drow_f(H, a, hprev, dh, dg)
+        gru_after_drow_f(H, n, a, hprev, dh, dg)
     else:
-        gru_after_drow_d(H, a, hprev, dh, dg)
+        gru_after_drow_d(H, n, a, hprev, dh, dg)
 
 
 cdef inline void gru_before_drow1(Py_ssize_t H, const floating *a, const floating *hprev,

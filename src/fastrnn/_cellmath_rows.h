@@ -93,12 +93,13 @@ FR_CLONES static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h
 }
 
 /* dc carries dL/dc_t in and dL/dc_{t-1} out; dm is dL/dm_t, m = o * tanh(c_t). */
-FR_CLONES static void FR_NAME(lstm_drow)(long H, const FR_T *restrict a,
+/* lstm_drow and gru_after_drow: units [0, n) of gate blocks H apart, as lstm_row. */
+FR_CLONES static void FR_NAME(lstm_drow)(long H, long n, const FR_T *restrict a,
                                          const FR_T *restrict c, const FR_T *restrict cprev,
                                          const FR_T *restrict dm, FR_T *restrict dc,
                                          FR_T *restrict dg)
 {
-    for (long j = 0; j < H; j++) {
+    for (long j = 0; j < n; j++) {
         FR_T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
         FR_T tc = FR_TANH(c[j]);
         FR_T dct = dc[j] + dm[j] * o * (1 - tc * tc);
@@ -111,11 +112,11 @@ FR_CLONES static void FR_NAME(lstm_drow)(long H, const FR_T *restrict a,
 }
 
 /* dh holds dL/dh_t in and the direct part z * dh of dL/dh_{t-1} out. */
-FR_CLONES static void FR_NAME(gru_after_drow)(long H, const FR_T *restrict a,
+FR_CLONES static void FR_NAME(gru_after_drow)(long H, long n, const FR_T *restrict a,
                                               const FR_T *restrict hprev, FR_T *restrict dh,
                                               FR_T *restrict dg)
 {
-    for (long j = 0; j < H; j++) {
+    for (long j = 0; j < n; j++) {
         FR_T r = a[j], z = a[H + j], n = a[2 * H + j], hn = a[3 * H + j];
         FR_T d = dh[j];
         FR_T dn = d * (1 - z) * (1 - n * n);

@@ -130,6 +130,14 @@ def last_call_threads():
     return _last_threads
 
 
+cdef bint _last_split = False
+
+
+def last_call_split_units():
+    """Whether the threads of the latest call split the units of one sequence."""
+    return bool(_last_split)
+
+
 cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
                        bint merged):
     """Threads worth a call of N rows in a batch of B. Threads split the sequences, and
@@ -624,7 +632,7 @@ cdef Py_ssize_t _row_stride(Py_ssize_t width) noexcept nogil:
 
 
 cdef struct BwdLoop:
-    int mode, reset_after, reverse
+    int mode, reset_after, reverse, split
     Py_ssize_t T, N, inputs, H, Hout, P, SH, SD
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -656,6 +664,60 @@ cdef struct BwdLoop:
     void *ppk
     void *pbpack  # per thread bpack_floats for fr_gemm_tn, or NULL: BLAS
     Py_ssize_t bpack_floats
+
+
+cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
+                         floating *pk_hh) noexcept nogil:
+    """BPTT of one sequence (B = 1) on threads that split its hidden units, as
+    forward_units: thread tid takes the cells of units [u0, u1), which give their columns
+    of every gate of dG; all meet at a barrier, then each computes its units of
+    dh_{t-1} = dG @ W_hh from the whole dG row. dG rows are per step, so the next step's
+    cells write a row no thread still reads. Float32 on the packed kernel, no projection,
+    no reset-before GRU; the merged GEMMs follow in backward_loop."""
+    cdef int mode = L.mode
+    cdef bint reverse = L.reverse
+    cdef Py_ssize_t T = L.T, H = L.H, SH = L.SH, SD = L.SD
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *ph0 = <const floating *> L.ph0
+    cdef const floating *pc0 = <const floating *> L.pc0
+    cdef const floating *pout = <const floating *> L.pout
+    cdef const floating *pgates = <const floating *> L.pgates
+    cdef const floating *pcs = <const floating *> L.pcs
+    cdef const floating *pdout = <const floating *> L.pdout
+    cdef floating *pdh = <floating *> L.pdh
+    cdef floating *pdc = <floating *> L.pdc
+    cdef floating *pdg = <floating *> L.pdg
+    cdef floating *php = <floating *> L.php
+    cdef floating *pseq = <floating *> L.pseq
+    cdef const floating *hprev
+    cdef const floating *cprev
+    cdef long u0, u1
+    cdef Py_ssize_t s, row, prow, nu
+    if floating is float:
+        fr_split(H, 64, tid, nth, &u0, &u1)
+        nu = u1 - u0
+        for s in range(T - 1, -1, -1):
+            row = off[step_time(reverse, T, s)]
+            prow = off[step_time(reverse, T, s - 1)] if s > 0 else -1
+            hprev = (pout + prow * H) if prow >= 0 else ph0
+            memcpy(php + row * H + u0, hprev + u0, nu * sizeof(floating))
+            add_rows(1, nu, pdh + u0, pdout + row * H + u0)
+            if pseq != NULL:
+                memcpy(pseq + row * H + u0, pdh + u0, nu * sizeof(floating))
+            if mode == LSTM:
+                cprev = (pcs + prow * H) if prow >= 0 else pc0
+                lstm_drow(H, nu, pgates + row * SH + u0, pcs + row * H + u0, cprev + u0,
+                          pdh + u0, pdc + u0, pdg + row * SD + u0)
+            elif mode == GRU:
+                gru_after_drow(H, nu, pgates + row * SH + u0, php + row * H + u0, pdh + u0,
+                               pdg + row * SD + u0)
+            else:
+                rnn_drow(mode == RNN_RELU, nu, pout + row * H + u0, pdh + u0,
+                         pdg + row * SD + u0)
+            sync(tid, nth)
+            fr_gemm_panels(1, H, G * H, pdg + row * SD, SD, pk_hh, pdh, H, mode == GRU,
+                           u0 // 64, u1 // 64)
 
 
 cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
@@ -734,53 +796,56 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
             else:
                 pack_weight(tid, nth, pk_ih, False, I, GH, pwih, I)
         sync(tid, nth)
-    for s in range(T - 1, -1, -1):
-        t = step_time(reverse, T, s)
-        r0 = off[t] + lo  # from here rows and states are counted from sequence lo
-        n = min(bs[t], hi) - lo
-        if n <= 0:
-            continue
-        for b in range(n):
-            row = r0 + b
-            pr = prev_row(reverse, T, bs, off, t, lo + b)
-            memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + (lo + b) * Hout),
-                   Hout * sizeof(floating))
-            add_rows(1, Hout, pdh + (lo + b) * Hout, pdout + row * Hout)
-        if pseq != NULL:
-            memcpy(pseq + r0 * Hout, pdh + lo * Hout, n * Hout * sizeof(floating))
-        if P > 0:
-            # dW_hr needs every step's dh: keep them, take the GEMM after the loop
-            memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
-            step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
-                      <int> H, False, pdm + lo * H, <int> H)
-        for b in range(n):
-            row = r0 + b
-            if mode == LSTM:
-                pr = prev_row(reverse, T, bs, off, t, lo + b)
-                cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
-                dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
-                lstm_drow(H, pgates + row * SH, pcs + row * H, cprev, dmrow,
-                          pdc + (lo + b) * H, pdg + row * SD)
-            elif gru_after:
-                gru_after_drow(H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
-                               pdg + row * SD)
-            elif gru_before:
-                gru_before_drow1(H, pgates + row * SH, php + row * Hout,
-                                 pdh + (lo + b) * Hout, pdg + row * SD)
-            else:
-                rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
-                         pdg + row * SD)
-        if gru_before:
-            # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
-            step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
-                      False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
+    if L.split:
+        backward_units(kind, L, tid, nth, pk_hh)
+    else:
+        for s in range(T - 1, -1, -1):
+            t = step_time(reverse, T, s)
+            r0 = off[t] + lo  # from here rows and states are counted from sequence lo
+            n = min(bs[t], hi) - lo
+            if n <= 0:
+                continue
             for b in range(n):
                 row = r0 + b
-                gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
-                                 pdh + (lo + b) * Hout, pdg + row * SD)
-        # dh_{t-1} = direct part (GRU) + dGh @ W_hh
-        step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
-                  pwhh, <int> Hout, mode == GRU, pdh + lo * Hout, <int> Hout)
+                pr = prev_row(reverse, T, bs, off, t, lo + b)
+                memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + (lo + b) * Hout),
+                       Hout * sizeof(floating))
+                add_rows(1, Hout, pdh + (lo + b) * Hout, pdout + row * Hout)
+            if pseq != NULL:
+                memcpy(pseq + r0 * Hout, pdh + lo * Hout, n * Hout * sizeof(floating))
+            if P > 0:
+                # dW_hr needs every step's dh: keep them, take the GEMM after the loop
+                memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
+                step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
+                          <int> H, False, pdm + lo * H, <int> H)
+            for b in range(n):
+                row = r0 + b
+                if mode == LSTM:
+                    pr = prev_row(reverse, T, bs, off, t, lo + b)
+                    cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
+                    dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
+                    lstm_drow(H, H, pgates + row * SH, pcs + row * H, cprev, dmrow,
+                              pdc + (lo + b) * H, pdg + row * SD)
+                elif gru_after:
+                    gru_after_drow(H, H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
+                                   pdg + row * SD)
+                elif gru_before:
+                    gru_before_drow1(H, pgates + row * SH, php + row * Hout,
+                                     pdh + (lo + b) * Hout, pdg + row * SD)
+                else:
+                    rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
+                             pdg + row * SD)
+            if gru_before:
+                # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
+                step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
+                          False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
+                for b in range(n):
+                    row = r0 + b
+                    gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
+                                     pdh + (lo + b) * Hout, pdg + row * SD)
+            # dh_{t-1} = direct part (GRU) + dGh @ W_hh
+            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
+                      pwhh, <int> Hout, mode == GRU, pdh + lo * Hout, <int> Hout)
     sync(tid, nth)
 
     # Merged GEMMs over all timesteps, each split by its output rows (or columns for the
@@ -1129,7 +1194,7 @@ def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_si
 
 cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
                      x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    global _last_threads
+    global _last_threads, _last_split
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
@@ -1188,6 +1253,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         _last_threads = nth
         split = split and nth > 1
         L.split = split
+        _last_split = split
         gather = nth > 1 and npack == 0
         if not training:
             # a chunk row costs SH floats of projection, and I more of gathered input
@@ -1271,7 +1337,7 @@ def backward(int mode, bint reset_after, bint reverse, x, batch_sizes, h0, c0, w
 cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x,
                       batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
                       dh_n, dc_n, dh_seq):
-    global _last_threads
+    global _last_threads, _last_split
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef bint lstm = mode == LSTM
     cdef bint gru_after = mode == GRU and reset_after
@@ -1332,6 +1398,11 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, True))
         _last_threads = nth
+        # one sequence whose step streams a large W_hh: threads split its units
+        L.split = (B == 1 and nth > 1 and npack != 0 and P == 0 and H % 64 == 0
+                   and not (mode == GRU and not reset_after)
+                   and GH * Hout >= SPLIT_UNITS_WORK)
+        _last_split = L.split
         _split_sequences(pbs, T, B, N, nth, seqs, 0)
         if npack and nth == 1:
             npack -= sizes[3]  # W_ih is packed for threaded calls only
