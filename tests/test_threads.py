@@ -266,17 +266,17 @@ def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_thread
 
 def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threads):
     """B = 1 with a large W_hh (here forced from any size): both threads run the one
-    sequence, each computing the gates and cells of its share of the units (whole 64-unit
-    panels, so H = 192 gives one thread 64 and the other 128), inference and training
-    forward, both directions, two layers; the cells it does not cover (projection,
-    reset-before GRU) and H not a multiple of 64 keep one thread. Every result agrees
-    with one thread and with the reference."""
+    sequence, each computing the gates and cells of its share of the units (64-unit
+    panels, as many each: H a multiple of 128), inference, training forward and backward,
+    both directions, two layers; the cells it does not cover (projection, reset-before
+    GRU) and other H keep the other paths. Every result agrees with one thread and with
+    the reference."""
     _need_threads()
     monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     for cell, (kind, extra) in CELLS.items():
-        for Hs in (192, 72):
-            splits = cell not in ("lstm_proj", "gru_before") and Hs % 64 == 0
+        for Hs in (128, 192):
+            splits = cell not in ("lstm_proj", "gru_before") and Hs % 128 == 0
             what = f"{cell} H={Hs}"
             data = _data(kind, extra, 23, 1, 2, True, seed=5, I=40, H=Hs)
             ref = _run(_layer(kind, extra, np.float64, "reference", True, 2, I=40, H=Hs),
