@@ -274,6 +274,10 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
     _need_threads()
     monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
+    # the reference's NumPy products leave BLAS threads spinning, which can make the split
+    # calls' threads wait long enough to pause the split (tested below): not here
+    monkeypatch.setattr(_kernels, "SPLIT_SLEPT_PER_STEP", 1e9)
+    _kernels.resume_split()
     for cell, (kind, extra) in CELLS.items():
         for Hs in (128, 192):
             splits = cell not in ("lstm_proj", "gru_before") and Hs % 128 == 0
@@ -293,6 +297,40 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
             _compare(two, one, np.float32, f"{what}: 2 threads vs 1")
             ref32 = {k: v.astype(np.float32) for k, v in ref.items()}
             _compare(two, ref32, np.float32, f"{what}: 2 threads vs reference")
+
+
+def test_units_split_pauses_when_its_threads_keep_waiting(monkeypatch):
+    """A streak of split calls whose threads kept sleeping at the step barriers (another
+    process on a core; here every call counts as such a call) pauses the split: the next
+    calls run the sequence on one thread, with the same results, until the pause ends."""
+    _need_threads()
+    monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
+    monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
+    monkeypatch.setattr(_kernels, "SPLIT_SLEPT_PER_STEP", -1.0)
+    monkeypatch.setattr(_kernels, "SPLIT_BAD_SECONDS", 0.0)
+    monkeypatch.setattr(_kernels, "SPLIT_PAUSE_SECONDS", 60.0)
+    _kernels.resume_split()
+    fastrnn.set_num_threads(2)
+    layer = fastrnn.GRU(32, 128, seed=0)
+    x = np.random.default_rng(0).standard_normal((12, 1, 32)).astype(np.float32)
+    try:
+        want, _ = layer(x)
+        assert _kernels.last_call_split_units()
+        # the first calls' threads "waited" too (SPLIT_SLEPT_PER_STEP < 0 counts any call):
+        # by the third in the streak the split pauses, and stays paused
+        layer(x)
+        layer(x)
+        assert _kernels.split_paused()
+        got, _ = layer(x)
+        assert not _kernels.last_call_split_units()
+        assert _kernels.last_call_threads() == 1
+        assert_close(got, want, np.float32, "paused split against split")
+        _kernels.resume_split()
+        assert not _kernels.split_paused()
+        layer(x)
+        assert _kernels.last_call_split_units()
+    finally:
+        _kernels.resume_split()
 
 
 def test_small_calls_run_on_one_thread_large_ones_on_two():

@@ -29,6 +29,7 @@
 #   GRU after   dr, dz, dhn, dn: dGh = columns [0, 3H), dGx = [0, 2H) and [3H, 4H)
 #   GRU before  dr, dz, dn: both dGx and dGh (the W_hn block multiplies rh, not h)
 import os
+import time
 
 cimport numpy as cnp
 from cython cimport floating
@@ -68,6 +69,7 @@ cdef extern from "_pool.h" nogil:
     void fr_barrier(int tid, int nth)
     void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
     void fr_pool_after_fork_child()
+    long fr_slept_waits
 
 from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
                         gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
@@ -336,6 +338,49 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # at T=100, one process alternating: LSTM H=128 inference 0.43 -> 0.34 ms, training step
 # 0.89 -> 0.69; RNN H=256 0.37 -> 0.33 and 0.88 -> 0.68.
 SPLIT_UNITS_WORK = 1 << 16
+
+# The units split meets at a barrier every step, so a thread that loses its core to
+# another process stalls the others at each step: under a one-core CPU hog, calls that
+# split (T=100, B=1: RNN H=512, LSTM H=256) ran 1.4-1.8x slower on average than on one
+# thread. When the split calls of the last SPLIT_BAD_SECONDS (at least 3 calls) all had
+# more than SPLIT_SLEPT_PER_STEP of their steps (and more than 4) wait long enough to
+# sleep, calls do not split for SPLIT_PAUSE_SECONDS. Counted at T=100: 0-3 such waits a
+# call on an idle machine, about 100 under the hog; but on the idle machine too, a
+# couple of calls in a row out of a few hundred had about 100 (their threads briefly
+# shared a core), hence a streak that lasts.
+SPLIT_SLEPT_PER_STEP = 0.25
+SPLIT_BAD_SECONDS = 0.05
+SPLIT_PAUSE_SECONDS = 1.0
+cdef double _split_paused_until = 0.0
+cdef double _split_bad_since = 0.0
+cdef int _split_bad_calls = 0
+
+
+def _note_split_waits(long slept, Py_ssize_t steps):
+    global _split_paused_until, _split_bad_since, _split_bad_calls
+    if slept <= max(4, SPLIT_SLEPT_PER_STEP * steps):
+        _split_bad_calls = 0
+        return
+    now = time.monotonic()
+    if _split_bad_calls == 0:
+        _split_bad_since = now
+    _split_bad_calls += 1
+    if _split_bad_calls >= 3 and now - _split_bad_since >= SPLIT_BAD_SECONDS:
+        _split_bad_calls = 0
+        _split_paused_until = now + SPLIT_PAUSE_SECONDS
+
+
+def split_paused():
+    """Whether the units split is paused, after a call whose threads kept waiting on one
+    another (another process taking a core)."""
+    return time.monotonic() < _split_paused_until
+
+
+def resume_split():
+    """End a pause of the units split (for tests)."""
+    global _split_paused_until, _split_bad_calls
+    _split_paused_until = 0.0
+    _split_bad_calls = 0
 
 
 cdef struct FwdLoop:
@@ -1251,7 +1296,8 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     # one sequence whose step streams a large W_hh: threads split its units
     cdef bint split = (B == 1 and npack != 0 and P == 0 and H % 128 == 0
                        and not (mode == GRU and not reset_after)
-                       and GH * Hout >= SPLIT_UNITS_WORK)
+                       and GH * Hout >= SPLIT_UNITS_WORK and not split_paused())
+    cdef long slept = fr_slept_waits
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, training or split))
         _last_threads = nth
@@ -1312,6 +1358,8 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         task = forward_task_f if floating is float else forward_task_d
         with nogil:
             fr_pool_run(task, &L, nth)
+        if split:
+            _note_split_waits(fr_slept_waits - slept, T)
     finally:
         fr_pool_end(nth)
         _scratch_free(scratch)
@@ -1397,6 +1445,7 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef const Py_ssize_t *pbs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
     cdef BwdLoop L
     cdef fr_task_fn task
+    cdef long slept
     cdef int nth = 1
     cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
     try:
@@ -1405,7 +1454,7 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
         # one sequence whose step streams a large W_hh: threads split its units
         L.split = (B == 1 and nth > 1 and npack != 0 and P == 0 and H % 128 == 0
                    and not (mode == GRU and not reset_after)
-                   and GH * Hout >= SPLIT_UNITS_WORK)
+                   and GH * Hout >= SPLIT_UNITS_WORK and not split_paused())
         _last_split = L.split
         _split_sequences(pbs, T, B, N, nth, seqs, 0)
         if npack and nth == 1:
@@ -1437,8 +1486,11 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
         L.pdbhh = cnp.PyArray_DATA(db_hh)
         L.pdwhr = cnp.PyArray_DATA(dw_hr) if P else NULL
         task = backward_task_f if floating is float else backward_task_d
+        slept = fr_slept_waits
         with nogil:
             fr_pool_run(task, &L, nth)
+        if L.split:
+            _note_split_waits(fr_slept_waits - slept, T)
     finally:
         fr_pool_end(nth)
         _scratch_free(scratch)

@@ -104,13 +104,20 @@ static int fr_blas_bind(void *blas_symbol)
  * word with a futex, so that a thread whose partner lost its core to another process
  * gives the core up instead of yielding in a loop (measured under load: a training step
  * 30x slower than its peers with sched_yield loops). */
+/* Waits that outlasted the spinning and slept: a partner that keeps arriving late at a
+ * barrier has lost its core to another process (the units split reads this). */
+static long fr_slept_waits = 0;
+
 static void fr_wait_while(int *word, int value)
 {
     for (long i = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) == value; i++) {
-        if (i < FR_BARRIER_SPINS)
+        if (i < FR_BARRIER_SPINS) {
             fr_pause();
-        else
+        } else {
+            if (i == FR_BARRIER_SPINS)
+                __atomic_add_fetch(&fr_slept_waits, 1, __ATOMIC_RELAXED);
             syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+        }
     }
 }
 
