@@ -631,6 +631,35 @@ def test_lengths_full_equals_no_lengths():
     np.testing.assert_array_equal(layer.backward(c1, d)[0], layer.backward(c2, d)[0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_plain_inference_equals_the_general_path(cell, backend, monkeypatch):
+    """Inference of one time-major layer on an array that needs no conversion skips most
+    of the general path: its results equal the general path's (taken with full lengths),
+    it ran (the general path is not called), it does not alias the input, and inputs it
+    does not take (other dtype, Fortran order, wrong size, T = 0) go the general way."""
+    layer = make(cell, backend=backend, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3, I)).astype(np.float32)
+    want = layer(x, lengths=[6, 6, 6])
+    general = []
+    real = layer._forward
+    monkeypatch.setattr(layer, "_forward", lambda *a: general.append(1) or real(*a))
+    got = layer(x)
+    assert general == []
+    out, hn = got
+    np.testing.assert_array_equal(out, want[0])
+    for g, w in zip(as_tuple(hn), as_tuple(want[1])):
+        assert g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+    assert not np.shares_memory(out, x)
+    for other in (x.astype(np.float64), np.asfortranarray(x), x[:0]):
+        np.testing.assert_allclose(layer(other)[0], layer(other, lengths=None)[0])
+    assert len(general) == 6
+    with pytest.raises(ValueError, match="x"):
+        layer(rng.standard_normal((6, 3, I + 1)).astype(np.float32))
+
+
 def test_lengths_types():
     layer = make("gru")
     x = np.random.default_rng(0).standard_normal((5, 3, I))

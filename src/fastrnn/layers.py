@@ -291,6 +291,8 @@ class RNNBase:
         self.params: dict = params
         self._wmemo = None  # see _weights
         self._consts: dict = {}
+        # inference of one time-major layer in one direction may take _plain_call
+        self._plain = self._num_layers == 1 and D == 1 and not self._batch_first
         self._shapes = {full: shape for info in self._pinfo for _, full, shape in info}
 
     # ------------------------------------------------------------------ read-only config
@@ -563,8 +565,35 @@ class RNNBase:
         ``h0=`` is accepted as another name for ``hx``."""
         if h0 is not None:
             hx = _alias(hx, h0)
+        if hx is None and lengths is None and self._plain:
+            res = self._plain_call(x)
+            if res is not None:
+                return res
         out, hn, cn, _ = self._forward(x, hx, lengths, False, None)
         return (out, (hn, cn)) if self._mode == "LSTM" else (out, hn)
+
+    def _plain_call(self, x):
+        """Inference of a one-layer, one-direction, time-major layer on an array that needs
+        no conversion (the layer's dtype, C order, (T, B, input_size), T, B >= 1) from zero
+        states: what _forward does for it, without the steps such an input skips there, as
+        a call of a small layer is mostly Python (T=1, H=32: 4.9 -> 2.9 us). None for
+        any other input, which _forward then checks and runs."""
+        if (type(x) is not np.ndarray or x.dtype != self._dtype or x.ndim != 3
+                or not x.flags.c_contiguous):
+            return None
+        T, B, I = x.shape
+        if T == 0 or B == 0 or I != self._input_size:
+            return None
+        dt, Hout, H = self._dtype, self._Hout, self._H
+        lstm = self._mode == "LSTM"
+        zh = self._const(("zh", B), lambda: np.zeros((B, Hout), dtype=dt))
+        zc = self._const(("zc", B), lambda: np.zeros((B, H), dtype=dt)) if lstm else None
+        batch_sizes = self._const(("bs", T, B), lambda: np.full(T, B, dtype=np.intp))
+        out, hn, cn, _ = self._be.forward(self._specs[0], self._weights(copy=False)[0],
+                                          x.reshape(T * B, I), batch_sizes, zh, zc, False,
+                                          False)
+        out = out.reshape(T, B, Hout)
+        return (out, (hn[None], cn[None])) if lstm else (out, hn[None])
 
     def forward(
         self,
