@@ -483,19 +483,17 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                  px + lo_row * I, <int> I, pwih, <int> I, <floating> 0,
                  pgates + lo_row * SH, <int> SH)
         sync(tid, nth)
-    elif L.split:
-        pass
-    elif pk_ih != NULL:
+    if L.split:
+        forward_units(kind, L, tid, nth, pk_hh, pk_ih)
+        return
+    if not training and pk_ih != NULL:
         # Threads on the packed kernel project each step's rows as the step comes: a
         # thread's rows of a step are adjacent in x, the kernel is as fast on a few rows
         # as on many, and the projection is still in cache when the cell reads it.
         pgates += tid * chunk_rows * SH
-    elif nth > 1:
+    elif not training and nth > 1:
         pgates += tid * chunk_rows * SH
         pxg = <floating *> L.pxg + tid * chunk_rows * I
-    if L.split:
-        forward_units(kind, L, tid, nth, pk_hh, pk_ih)
-        return
     for s in range(T):
         t = step_time(reverse, T, s)
         r0 = off[t]
