@@ -370,6 +370,16 @@ def _note_split_waits(long slept, Py_ssize_t steps):
         _split_paused_until = now + SPLIT_PAUSE_SECONDS
 
 
+cdef bint _split_units(Py_ssize_t B, Py_ssize_t npack, Py_ssize_t P, Py_ssize_t H, int mode,
+                       bint reset_after, Py_ssize_t whh) except -1:
+    """Whether threads split the units of this call (forward_units, backward_units): one
+    sequence whose step streams a large W_hh (whh weights) on the packed kernel, cells the
+    split covers, whole 64-unit panels alike for two threads, and no pause."""
+    return (B == 1 and npack != 0 and P == 0 and H % 128 == 0
+            and not (mode == GRU and not reset_after)
+            and whh >= SPLIT_UNITS_WORK and not split_paused())
+
+
 def split_paused():
     """Whether the units split is paused, after a call whose threads kept waiting on one
     another (another process taking a core)."""
@@ -1291,10 +1301,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef int nth = 1
     cdef FwdLoop L
     cdef fr_task_fn task
-    # one sequence whose step streams a large W_hh: threads split its units
-    cdef bint split = (B == 1 and npack != 0 and P == 0 and H % 128 == 0
-                       and not (mode == GRU and not reset_after)
-                       and GH * Hout >= SPLIT_UNITS_WORK and not split_paused())
+    cdef bint split = _split_units(B, npack, P, H, mode, reset_after, GH * Hout)
     cdef long slept = fr_slept_waits
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, training or split))
@@ -1449,10 +1456,7 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     try:
         nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, True))
         _last_threads = nth
-        # one sequence whose step streams a large W_hh: threads split its units
-        L.split = (B == 1 and nth > 1 and npack != 0 and P == 0 and H % 128 == 0
-                   and not (mode == GRU and not reset_after)
-                   and GH * Hout >= SPLIT_UNITS_WORK and not split_paused())
+        L.split = nth > 1 and _split_units(B, npack, P, H, mode, reset_after, GH * Hout)
         _last_split = L.split
         _split_sequences(pbs, T, B, N, nth, seqs, 0)
         if npack and nth == 1:
