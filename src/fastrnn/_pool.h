@@ -48,6 +48,7 @@ static struct {
     int nth;
     int pending; /* workers that have not yet finished (or skipped) the task */
     int bar_count, bar_sense;
+    int pending_sleepers, bar_sleepers; /* threads asleep (or going to sleep) on those */
     int sense[FR_MAX_THREADS];
     int saved_blas_threads;
     int held; /* a call holds the pool (and has set BLAS to one thread) */
@@ -108,7 +109,7 @@ static int fr_blas_bind(void *blas_symbol)
  * barrier has lost its core to another process (the units split reads this). */
 static long fr_slept_waits = 0;
 
-static void fr_wait_while(int *word, int value)
+static void fr_wait_while(int *word, int value, int *sleepers)
 {
     for (long i = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) == value; i++) {
         if (i < FR_BARRIER_SPINS) {
@@ -116,14 +117,23 @@ static void fr_wait_while(int *word, int value)
         } else {
             if (i == FR_BARRIER_SPINS)
                 __atomic_add_fetch(&fr_slept_waits, 1, __ATOMIC_RELAXED);
+            /* announced before the futex reads the word: a waker that changed the word
+             * before this increment is seen by the futex, one after it sees the count */
+            __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
             syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+            __atomic_sub_fetch(sleepers, 1, __ATOMIC_RELAXED);
         }
     }
 }
 
-static void fr_wake_all(int *word)
+/* Store `value` in *word and wake its sleepers, if any: a futex call costs a system call
+ * (about a microsecond in this VM), which the units split paid at every step's barrier
+ * while nobody slept. */
+static void fr_set_and_wake(int *word, int value, int *sleepers)
 {
-    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0)
+        syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
 static void fr_barrier(int tid, int nth)
@@ -133,11 +143,10 @@ static void fr_barrier(int tid, int nth)
     int s = fr_pool.sense[tid] ^= 1;
     if (__atomic_add_fetch(&fr_pool.bar_count, 1, __ATOMIC_ACQ_REL) == nth) {
         __atomic_store_n(&fr_pool.bar_count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&fr_pool.bar_sense, s, __ATOMIC_RELEASE);
-        fr_wake_all(&fr_pool.bar_sense);
+        fr_set_and_wake(&fr_pool.bar_sense, s, &fr_pool.bar_sleepers);
         return;
     }
-    fr_wait_while(&fr_pool.bar_sense, !s);
+    fr_wait_while(&fr_pool.bar_sense, !s, &fr_pool.bar_sleepers);
 }
 
 static void *fr_worker(void *arg)
@@ -162,8 +171,9 @@ static void *fr_worker(void *arg)
          * cannot begin (and change fn, ctx, nth) before all have read this one's. */
         if (tid < fr_pool.nth)
             fr_pool.fn(fr_pool.ctx, tid, fr_pool.nth);
-        if (__atomic_sub_fetch(&fr_pool.pending, 1, __ATOMIC_RELEASE) == 0)
-            fr_wake_all(&fr_pool.pending);
+        if (__atomic_sub_fetch(&fr_pool.pending, 1, __ATOMIC_SEQ_CST) == 0 &&
+            __atomic_load_n(&fr_pool.pending_sleepers, __ATOMIC_SEQ_CST) > 0)
+            syscall(SYS_futex, &fr_pool.pending, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     }
     return NULL;
 }
@@ -263,7 +273,7 @@ static void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     fn(ctx, 0, nth);
     int left;
     while ((left = __atomic_load_n(&fr_pool.pending, __ATOMIC_ACQUIRE)) > 0)
-        fr_wait_while(&fr_pool.pending, left);
+        fr_wait_while(&fr_pool.pending, left, &fr_pool.pending_sleepers);
 }
 
 /* [lo, hi) of n items for thread tid of nth, in multiples of `align` but the last. */
