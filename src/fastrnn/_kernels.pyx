@@ -640,7 +640,7 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
                 a = pgates + row * SH
             else:
                 if s == chunk_end:
-                    s_end = min(T, s + chunk_rows)
+                    s_end = min(T, s + nth * chunk_rows)
                     row_base = off[T - s_end] if reverse else off[s]
                     for g in range(G):
                         fr_gemm_panels(s_end - s, GH, I, px + row_base * I, I, pk_ih, pgates,
@@ -1317,9 +1317,11 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
             chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
                 CHUNK_SHARE_OF_OUTPUT * (SH + (I if gather else 0)))))
         # threads on the packed kernel project one step at a time: a chunk of their widest
-        # step's rows is all the room they need
+        # step's rows is all the room they need; the units split projects a chunk of
+        # steps, each thread its own columns of the nth shares of rows (forward_units)
         chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
-                                 nth, seqs, 0 if (nth > 1 and not gather) else chunk)
+                                 nth, seqs, 0 if (nth > 1 and not gather and not split)
+                                 else chunk)
         if npack and nth == 1:
             npack -= sizes[3]  # W_ih is packed for threaded calls only
         nscratch = GH + H + B * GH + npack
