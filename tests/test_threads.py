@@ -1,7 +1,8 @@
 """The compiled backend's thread pool (``_pool.h``): a kernel call splits the batch's
 sequences between threads, as many as scipy's OpenBLAS is set to (threadpoolctl limits
-apply), capped by ``fastrnn.set_num_threads``; small calls and the inference of B = 1
-run on one thread; BLAS is held to one thread during a call and restored after it.
+apply), capped by ``fastrnn.set_num_threads``; small calls run on one thread; a batch of
+one sequence splits its units or projects its inputs on the threads; BLAS is held to one
+thread during a call (a large one on one thread too) and restored after it.
 
 Checked here: threaded calls give the one-thread and the reference results (every cell,
 both dtypes, inference and training, ragged and full batches, both directions, blocks
@@ -238,11 +239,16 @@ def _lstm_call(B, T, I=32, H=32, seed=0):
     return layer, x
 
 
-def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_threads):
-    """B = 1: inference runs on one thread, however much work (one sequence to split);
-    the training forward and the backward take threads for their GEMMs over all steps,
-    and agree with one thread and with the reference."""
+@pytest.mark.parametrize("upfront_bytes", [1 << 23, 0])
+def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_threads,
+                                                     monkeypatch, upfront_bytes):
+    """B = 1 (H not split by units): threads take the GEMMs over all steps: inference's
+    input projection, done before the steps while it fits in UPFRONT_MAX_BYTES (else
+    inference runs on one thread), the training forward's and the backward's; the
+    results agree with one thread and with the reference."""
     _need_threads()
+    monkeypatch.setattr(_kernels, "UPFRONT_MAX_BYTES", upfront_bytes)
+    inference = 2 if upfront_bytes else 1
     for cell, (kind, extra) in CELLS.items():
         for dtype in (np.float32, np.float64):
             what = f"{cell} {dtype.__name__}"
@@ -255,7 +261,8 @@ def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_thread
             kernel_threads.clear()
             two = _run(layer, *data, None)
             # per direction and layer: inference, training forward, then the backwards
-            assert [n for _, n, _ in kernel_threads] == [1] * 4 + [2] * 4 + [2] * 4, what
+            assert [n for _, n, _ in kernel_threads] == [inference] * 4 + [2] * 8, what
+            assert not any(split for _, _, split in kernel_threads), what
             _compare(two, one, dtype, f"{what}: 2 threads vs 1")
             _compare(two, ref, dtype, f"{what}: 2 threads vs reference")
     # positive control: with B = 2 inference is threaded too
@@ -293,8 +300,8 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
             fastrnn.set_num_threads(2)
             kernel_threads.clear()
             two = _run(layer, *data, None)
-            inference = [n for _, n, _ in kernel_threads][:4]
-            assert inference == [2 if splits else 1] * 4, f"{what}: {kernel_threads}"
+            # threads split the units, or else project the inputs before the steps
+            assert [n for _, n, _ in kernel_threads] == [2] * 12, f"{what}: {kernel_threads}"
             assert [s for _, _, s in kernel_threads] == [splits] * 12, what
             _compare(two, one, np.float32, f"{what}: 2 threads vs 1")
             ref32 = {k: v.astype(np.float32) for k, v in ref.items()}
@@ -304,11 +311,13 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
 def test_units_split_pauses_when_its_threads_keep_waiting(monkeypatch):
     """A streak of split calls whose threads kept sleeping at the step barriers (another
     process on a core; here every call counts as such a call) pauses the split: the next
-    calls run the sequence on one thread, with the same results, until the pause ends."""
+    calls run the sequence's steps on one thread (the other helps project the inputs
+    only), with the same results, until the pause ends."""
     _need_threads()
     monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     monkeypatch.setattr(_kernels, "SPLIT_SLEPT_PER_STEP", -1.0)
+    monkeypatch.setattr(_kernels, "SPLIT_SLEPT_MIN", -1)
     monkeypatch.setattr(_kernels, "SPLIT_BAD_SECONDS", 0.0)
     monkeypatch.setattr(_kernels, "SPLIT_PAUSE_SECONDS", 60.0)
     _kernels.resume_split()
@@ -325,7 +334,6 @@ def test_units_split_pauses_when_its_threads_keep_waiting(monkeypatch):
         assert _kernels.split_paused()
         got, _ = layer(x)
         assert not _kernels.last_call_split_units()
-        assert _kernels.last_call_threads() == 1
         assert_close(got, want, np.float32, "paused split against split")
         _kernels.resume_split()
         assert not _kernels.split_paused()
@@ -418,6 +426,12 @@ def test_calls_restore_the_blas_thread_count(blas, force_threads):
         assert _kernels.blas_threads() == count
         _threaded_training_call()
         assert _kernels.last_call_threads() == min(count, 8)
+        assert _scipy_blas_threads() == before
+        assert _kernels.blas_threads() == count
+        # a call on one thread that holds BLAS to one thread (threads capped at one)
+        fastrnn.set_num_threads(1)  # the autouse fixture puts the cap back
+        layer(x)
+        assert _kernels.last_call_threads() == 1
         assert _scipy_blas_threads() == before
         assert _kernels.blas_threads() == count
     # a call the kernel rejects (rows do not match batch_sizes) leaves it alone too

@@ -63,8 +63,8 @@ cdef extern from "_pool.h" nogil:
     int fr_threads_cap
     int (*fr_blas_get_threads)()
     int fr_blas_bind(void *blas_symbol)
-    int fr_pool_begin(int want)
-    void fr_pool_end(int nth)
+    int fr_pool_begin(int want, int hold_blas, int *held)
+    void fr_pool_end(int held)
     void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     void fr_barrier(int tid, int nth)
     void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
@@ -148,6 +148,15 @@ cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
     if N * GH * K < THREAD_CALL_WORK or (B < 2 and not merged):
         return 1
     return <int> (FR_MAX_THREADS if merged else min(B, FR_MAX_THREADS))
+
+
+cdef int _begin(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K, bint merged,
+                int *held):
+    """fr_pool_begin for a call of _want_threads(N, B, GH, K, merged) threads. A call that
+    runs on one thread although threads are worth its size (one sequence) still holds
+    BLAS to one thread: it should not wake BLAS's threads (fr_pool_begin)."""
+    return fr_pool_begin(_want_threads(N, B, GH, K, merged), N * GH * K >= THREAD_CALL_WORK,
+                         held)
 
 
 cdef Py_ssize_t _split_sequences(const Py_ssize_t *bs, Py_ssize_t T, Py_ssize_t B,
@@ -331,24 +340,31 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # ---------------------------------------------------------------------------------------
 # Forward
 
-# From this many weights in W_hh (256 KB of float32: LSTM from H = 128, GRU and RNN from
-# 256), threads split the units of a batch of one sequence, meeting at every step; H a
-# multiple of 128, so that two threads get as many 64-unit panels each (at H = 192, one
-# 64 and the other 128 units, inference ran 5-10% slower than on one thread). Measured
-# at T=100, one process alternating: LSTM H=128 inference 0.43 -> 0.34 ms, training step
-# 0.89 -> 0.69; RNN H=256 0.37 -> 0.33 and 0.88 -> 0.68.
-SPLIT_UNITS_WORK = 1 << 16
+# From this many weights in W_hh (64 KB of float32: every cell from H = 128), threads
+# split the units of a batch of one sequence, meeting at every step; H a multiple of
+# 128, so that two threads get as many 64-unit panels each (at H = 192, one 64 and the
+# other 128 units, inference ran 5-10% slower than on one thread). Measured at T=100,
+# H=128, one process alternating: inference RNN 0.12 -> 0.07 ms, GRU 0.34 -> 0.21;
+# training step RNN 0.25 -> 0.21, GRU 0.69 -> 0.55.
+SPLIT_UNITS_WORK = 1 << 14
+
+# A batch of one sequence that does not split its units, in inference, projects the
+# inputs of all its steps at once on the threads (up to this much room for them), then
+# one thread runs the steps: a projection on one thread is up to 20% of such a call, and
+# BLAS's threads are not woken (fr_pool_begin).
+UPFRONT_MAX_BYTES = 1 << 23
 
 # The units split meets at a barrier every step, so a thread that loses its core to
 # another process stalls the others at each step: under a one-core CPU hog, calls that
 # split (T=100, B=1: RNN H=512, LSTM H=256) ran 1.4-1.8x slower on average than on one
 # thread. When the split calls of the last SPLIT_BAD_SECONDS (at least 3 calls) all had
 # more than SPLIT_SLEPT_PER_STEP of their steps (and more than 4) wait long enough to
-# sleep, calls do not split for SPLIT_PAUSE_SECONDS. Counted at T=100: 0-3 such waits a
+# sleep (and more than SPLIT_SLEPT_MIN), calls do not split for SPLIT_PAUSE_SECONDS. Counted at T=100: 0-3 such waits a
 # call on an idle machine, about 100 under the hog; but on the idle machine too, a
 # couple of calls in a row out of a few hundred had about 100 (their threads briefly
 # shared a core), hence a streak that lasts.
 SPLIT_SLEPT_PER_STEP = 0.25
+SPLIT_SLEPT_MIN = 4
 SPLIT_BAD_SECONDS = 0.05
 SPLIT_PAUSE_SECONDS = 1.0
 cdef double _split_paused_until = 0.0
@@ -358,7 +374,7 @@ cdef int _split_bad_calls = 0
 
 def _note_split_waits(long slept, Py_ssize_t steps):
     global _split_paused_until, _split_bad_since, _split_bad_calls
-    if slept <= max(4, SPLIT_SLEPT_PER_STEP * steps):
+    if slept <= max(SPLIT_SLEPT_MIN, SPLIT_SLEPT_PER_STEP * steps):
         _split_bad_calls = 0
         return
     now = time.monotonic()
@@ -396,7 +412,7 @@ def resume_split():
 cdef struct FwdLoop:
     # the problem (see forward_loop) and its buffers, typed by the task that runs it;
     # inputs: I (<complex.h> defines I as a macro)
-    int mode, reset_after, reverse, training, split
+    int mode, reset_after, reverse, training, split, upfront
     Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -480,7 +496,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
-    if training:
+    cdef bint upfront = training or L.upfront
+    if upfront:
         # the input projection of every row at once, the saved gates its output (on
         # threads too: projecting a thread's few rows of each step as it comes reads all
         # of W_ih from memory at every step, 10% slower at T=100, B=16, H=256)
@@ -496,12 +513,14 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     if L.split:
         forward_units(kind, L, tid, nth, pk_hh, pk_ih)
         return
-    if not training and pk_ih != NULL:
+    if L.upfront and lo == hi:
+        return  # it only helped project the one sequence's inputs
+    if not upfront and pk_ih != NULL:
         # Threads on the packed kernel project each step's rows as the step comes: a
         # thread's rows of a step are adjacent in x, the kernel is as fast on a few rows
         # as on many, and the projection is still in cache when the cell reads it.
         pgates += tid * chunk_rows * SH
-    elif not training and nth > 1:
+    elif not upfront and nth > 1:
         pgates += tid * chunk_rows * SH
         pxg = <floating *> L.pxg + tid * chunk_rows * I
     for s in range(T):
@@ -512,7 +531,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             if chunk_end == s:
                 chunk_end = s + 1
             continue
-        if training:
+        if upfront:
             a = pgates + (r0 + lo) * SH
         elif pk_ih != NULL:
             a = pgates
@@ -1302,15 +1321,22 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef FwdLoop L
     cdef fr_task_fn task
     cdef bint split = _split_units(B, npack, P, H, mode, reset_after, GH * Hout)
+    cdef bint upfront = (not training and not split and B == 1
+                         and N * SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
     cdef long slept = fr_slept_waits
+    cdef int held = 0
     try:
-        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, training or split))
+        nth = _begin(N, B, GH, I + Hout, training or split or upfront, &held)
         _last_threads = nth
         split = split and nth > 1
+        upfront = upfront and nth > 1
         L.split = split
+        L.upfront = upfront
         _last_split = split
-        gather = nth > 1 and npack == 0
-        if not training:
+        gather = nth > 1 and npack == 0 and not upfront
+        if upfront:
+            chunk = N  # nth shares of it: room for the projection of every row
+        elif not training:
             # a chunk row costs SH floats of projection, and I more of gathered input
             # when threads gather their rows (BLAS projections; the packed kernel
             # projects each step's rows in place)
@@ -1320,8 +1346,8 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         # step's rows is all the room they need; the units split projects a chunk of
         # steps, each thread its own columns of the nth shares of rows (forward_units)
         chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
-                                 nth, seqs, 0 if (nth > 1 and not gather and not split)
-                                 else chunk)
+                                 nth, seqs, 0 if (nth > 1 and not gather and not split
+                                                  and not upfront) else chunk)
         if npack and nth == 1:
             npack -= sizes[3]  # W_ih is packed for threaded calls only
         nscratch = GH + H + B * GH + npack
@@ -1368,7 +1394,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         if split:
             _note_split_waits(fr_slept_waits - slept, T)
     finally:
-        fr_pool_end(nth)
+        fr_pool_end(held)
         _scratch_free(scratch)
         free(off)
     saved = ((gates if S > 1 else None), cs, ms) if training else None
@@ -1453,10 +1479,10 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef BwdLoop L
     cdef fr_task_fn task
     cdef long slept
-    cdef int nth = 1
+    cdef int nth = 1, held = 0
     cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
     try:
-        nth = fr_pool_begin(_want_threads(N, B, GH, I + Hout, True))
+        nth = _begin(N, B, GH, I + Hout, True, &held)
         _last_threads = nth
         L.split = nth > 1 and _split_units(B, npack, P, H, mode, reset_after, GH * Hout)
         _last_split = L.split
@@ -1496,7 +1522,7 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
         if L.split:
             _note_split_waits(fr_slept_waits - slept, T)
     finally:
-        fr_pool_end(nth)
+        fr_pool_end(held)
         _scratch_free(scratch)
         free(off)
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr

@@ -200,20 +200,27 @@ static void fr_pool_after_fork_child(void)
 }
 
 /* Take the pool for a call that could use up to `want` threads. Returns the thread count
- * to run with; above 1 the pool is held and BLAS set to one thread until fr_pool_end.
+ * to run with. *held says whether the call holds the pool, with BLAS set to one thread,
+ * until fr_pool_end(*held): always above one thread, and on one thread too if
+ * `hold_blas`, so that a call we run on one thread does not wake BLAS's own threads:
+ * OpenBLAS's idle threads spin about 0.1 s after their last product, and a units split
+ * that came next shared a core with one (T=100, B=1, H=128: 0.1 -> 11 ms a call).
  * A call that finds the pool taken (another Python thread's) runs on one thread. */
-static int fr_pool_begin(int want)
+static int fr_pool_begin(int want, int hold_blas, int *held)
 {
+    *held = 0;
     if (want > fr_threads_cap)
         want = fr_threads_cap;
     if (want > FR_MAX_THREADS)
         want = FR_MAX_THREADS;
-    if (want <= 1 || !fr_blas_get_threads)
+    if ((want <= 1 && !hold_blas) || !fr_blas_get_threads)
         return 1;
     if (pthread_mutex_trylock(&fr_pool.busy) != 0)
         return 1;
     int blas = fr_blas_get_threads();
     int nth = blas < want ? blas : want;
+    if (nth < 1)
+        nth = 1;
     if (!fr_pool.atfork_done) {
         pthread_atfork(NULL, NULL, fr_pool_atfork_child);
         fr_pool.atfork_done = 1;
@@ -232,19 +239,20 @@ static int fr_pool_begin(int want)
     }
     if (nth > fr_pool.started + 1)
         nth = fr_pool.started + 1;
-    if (nth <= 1) {
+    if (nth <= 1 && blas <= 1) {
         pthread_mutex_unlock(&fr_pool.busy);
         return 1;
     }
     fr_pool.saved_blas_threads = blas;
     fr_blas_set_threads(1);
     fr_pool.held = 1;
+    *held = 1;
     return nth;
 }
 
-static void fr_pool_end(int nth)
+static void fr_pool_end(int held)
 {
-    if (nth <= 1)
+    if (!held)
         return;
     fr_pool.held = 0;
     fr_blas_set_threads(fr_pool.saved_blas_threads);
