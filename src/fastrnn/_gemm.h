@@ -85,10 +85,11 @@ static int fr_gemm_packed_ok(void)
     return fr_cpu_ok;
 }
 
-/* Mask of the first `left` (up to 16) lanes of a vector. */
+/* Mask of the first `left` (up to 16, none if left <= 0) lanes of a vector. */
 static inline __mmask16 fr_mask(long left)
 {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    return left >= 16 ? (__mmask16)0xFFFF
+                      : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
 }
 
 /* dst[i * ldd + j] = src[j * lds + i] for i, j < 16: a 16 x 16 block transposed in
@@ -209,11 +210,10 @@ fr_row2(long k, const float *a, const float *p0, const float *p1, float *c, long
                 _mm512_fmadd_ps(ai, _mm512_loadu_ps(p1 + kk * FR_NR + 16 * v), acc[4 + v]);
         }
     }
+    /* every vector, masked (none past ncols): a loop that stopped at the last column
+     * kept the accumulators in memory, zeroed with a `rep stos` on every call */
     for (int v = 0; v < 8; v++) {
-        long left = ncols - 16 * v;
-        if (left <= 0)
-            break;
-        __mmask16 m = fr_mask(left);
+        __mmask16 m = fr_mask(ncols - 16 * v);
         __m512 r = acc[v];
         if (accumulate)
             r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * v));
@@ -230,26 +230,28 @@ __attribute__((target("avx512f"), always_inline)) static inline void
 fr_row1_nv(const int NV, long k, const float *a, const float *panel, float *c, long ncols,
            int accumulate)
 {
-    __m512 acc[8];
-    for (int v = 0; v < 2 * NV; v++)
-        acc[v] = _mm512_setzero_ps();
+    /* two arrays of at most 4: with one of 8, GCC kept them in memory, zeroed with a
+     * `rep stos` on every call */
+    __m512 even[4], odd[4];
+    for (int v = 0; v < NV; v++)
+        even[v] = odd[v] = _mm512_setzero_ps();
     long kk = 0;
     for (; kk + 2 <= k; kk += 2) {
         __m512 a0 = _mm512_set1_ps(a[kk]), a1 = _mm512_set1_ps(a[kk + 1]);
         for (int v = 0; v < NV; v++) {
-            acc[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), acc[v]);
-            acc[NV + v] = _mm512_fmadd_ps(
-                a1, _mm512_loadu_ps(panel + (kk + 1) * FR_NR + 16 * v), acc[NV + v]);
+            even[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), even[v]);
+            odd[v] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(panel + (kk + 1) * FR_NR + 16 * v),
+                                     odd[v]);
         }
     }
     if (kk < k) {
         __m512 a0 = _mm512_set1_ps(a[kk]);
         for (int v = 0; v < NV; v++)
-            acc[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), acc[v]);
+            even[v] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(panel + kk * FR_NR + 16 * v), even[v]);
     }
     for (int v = 0; v < NV; v++) {
         __mmask16 m = fr_mask(ncols - 16 * v);
-        __m512 r = _mm512_add_ps(acc[v], acc[NV + v]);
+        __m512 r = _mm512_add_ps(even[v], odd[v]);
         if (accumulate)
             r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * v));
         _mm512_mask_storeu_ps(c + 16 * v, m, r);
