@@ -30,7 +30,7 @@ extensions = [
         "fastrnn._kernels",
         ["src/fastrnn/_kernels.pyx"],
         include_dirs=["src/fastrnn", np.get_include()],
-        depends=["src/fastrnn/_cellmath.h", "src/fastrnn/_gemm.h", "src/fastrnn/_pool.h", "src/fastrnn/_cellmath_rows.h", "src/fastrnn/_cellmath.pxd",
+        depends=["src/fastrnn/_cellmath.h", "src/fastrnn/_gemm.h", "src/fastrnn/_pool.h", "src/fastrnn/_seq1.h", "src/fastrnn/_cellmath_rows.h", "src/fastrnn/_cellmath.pxd",
                  "src/fastrnn/_blas.pxd"],
         extra_compile_args=extra_compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -56,6 +56,12 @@ cdef extern from "_gemm.h" nogil:
                     long ldb, float *c, long ldc, int accumulate, float *bpack)
     enum: FR_KC
 
+cdef extern from "_seq1.h" nogil:
+    void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
+                         long SH, const float *bias, const float *bhn, float *h, float *c,
+                         float *out, float *cs, float *gh, const float *x, long nin,
+                         const float *pk_ih, float *gx)
+
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fr_task_fn)(void *ctx, int tid, int nth) noexcept nogil
     enum: FR_MAX_THREADS
@@ -138,6 +144,16 @@ cdef bint _last_split = False
 def last_call_split_units():
     """Whether the threads of the latest call split the units of one sequence."""
     return bool(_last_split)
+
+
+_last_path = "batch"
+
+
+def last_forward_path():
+    """The loop the latest forward call ran: "batch" (forward_loop), "units split"
+    (forward_units), "one sequence" (_seq1.h, inputs projected before the loop) or "one
+    sequence, projection inside" (_seq1.h projecting each step's inputs)."""
+    return _last_path
 
 
 cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
@@ -355,6 +371,13 @@ SPLIT_UNITS_WORK = 1 << 14
 # projects straight into its output (T=100, H=32: 13.8 -> 13.2 us).
 UPFRONT_MAX_BYTES = 1 << 23
 
+# A batch of one sequence on one thread with at most this many weights in W_ih (4 KB of
+# float32: the vanilla RNN at I = H = 32) projects its inputs inside the step loop
+# (_seq1.h): T=100, RNN H=32 inference 12.9 -> 10.8 us. With more, the products of both
+# weights outlast the chain of a step, on one FMA unit: LSTM and GRU at H=32 and the RNN
+# at H=64 ran 6-14% slower than with the projection before the loop.
+SEQ1_FUSE_WEIGHTS = 1 << 10
+
 # The units split meets at a barrier every step, so a thread that loses its core to
 # another process stalls the others at each step: under a one-core CPU hog, calls that
 # split (T=100, B=1: RNN H=512, LSTM H=256) ran 1.4-1.8x slower on average than on one
@@ -413,7 +436,7 @@ def resume_split():
 cdef struct FwdLoop:
     # the problem (see forward_loop) and its buffers, typed by the task that runs it;
     # inputs: I (<complex.h> defines I as a macro)
-    int mode, reset_after, reverse, training, split, upfront
+    int mode, reset_after, reverse, training, split, upfront, seq1, fuse
     Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -433,6 +456,7 @@ cdef struct FwdLoop:
     void *pms
     void *pgh
     void *ppk
+    void *pgx  # fuse: 2 rows of projection
 
 
 cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept nogil:
@@ -491,13 +515,11 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                                 Hout)
         if P > 0:
             pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
-        if nth > 1:
-            # one thread: BLAS's own threads take the input projection, as there is
-            # nothing else to run beside the steps
+        if nth > 1 or L.fuse:
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
-    cdef bint upfront = training or L.upfront
+    cdef bint upfront = (training or L.upfront) and not L.fuse
     cdef bint in_out = L.pgates == L.pout  # the vanilla RNN's rows projected into out
     if upfront:
         # the input projection of every row at once, the saved gates its output (on
@@ -517,6 +539,14 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         return
     if L.upfront and lo == hi:
         return  # it only helped project the one sequence's inputs
+    if floating is float:
+        if L.seq1:
+            # one sequence (B = 1) on the packed kernel: the loop of _seq1.h
+            if lo < hi:
+                fr_seq1_forward(mode, T, H, reverse, pk_hh, pgates, SH, pb, pbhn, ph, pc,
+                                pout, pcs if training else NULL, pgh, px, I,
+                                pk_ih if L.fuse else NULL, <float *> L.pgx)
+            return
     if not upfront and pk_ih != NULL:
         # Threads on the packed kernel project each step's rows as the step comes: a
         # thread's rows of a step are adjacent in x, the kernel is as fast on a few rows
@@ -1272,7 +1302,7 @@ def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_si
 
 cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
                      x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    global _last_threads, _last_split
+    global _last_threads, _last_split, _last_path
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
@@ -1350,14 +1380,21 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
                                  nth, seqs, 0 if (nth > 1 and not gather and not split
                                                   and not upfront) else chunk)
-        if npack and nth == 1:
+        # one sequence on the packed kernel, not split: the loop of _seq1.h, which on one
+        # thread with a W_ih small enough for the L1 cache projects each step's inputs
+        L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
+                  and not (mode == GRU and not reset_after) and (training or upfront))
+        L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS
+        _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
+                      else "one sequence" if L.seq1 else "batch")
+        if npack and nth == 1 and not L.fuse:
             npack -= sizes[3]  # W_ih is packed for threaded calls only
-        nscratch = GH + H + B * GH + npack
+        nscratch = GH + H + B * GH + npack + (2 * SH if L.fuse else 0)
         # the vanilla RNN's projection, when all rows are projected at once, goes straight
         # into out, where each step's tanh overwrites it in place
         in_out = S == 1 and (training or upfront)
         if not training:
-            nscratch += (0 if in_out else nth * chunk * SH) + (B * H if P else 0)
+            nscratch += (0 if (in_out or L.fuse) else nth * chunk * SH) + (B * H if P else 0)
             if gather:
                 nscratch += nth * chunk * I
         scratch = <floating *> _scratch(nscratch * sizeof(floating), False)
@@ -1365,7 +1402,11 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         L.pbhn = scratch + GH
         L.pgh = scratch + GH + H
         L.ppk = (scratch + GH + H + B * GH) if npack else NULL
-        L.pgates = (cnp.PyArray_DATA(gates) if training else cnp.PyArray_DATA(out) if in_out
+        L.pgx = <void *> (scratch + GH + H + B * GH + npack)
+        if L.fuse:
+            npack += 2 * SH  # what follows starts past gx
+        L.pgates = (cnp.PyArray_DATA(gates) if training else NULL if L.fuse
+                    else cnp.PyArray_DATA(out) if in_out
                     else <void *> (scratch + GH + H + B * GH + npack))
         L.pxg = NULL
         L.pms = NULL

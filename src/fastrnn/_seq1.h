@@ -1,0 +1,197 @@
+/* The time loop of one sequence (B = 1) in float32 on AVX-512, step and cell in one C
+ * loop with the cell math in vector registers.
+ *
+ * At B = 1 and a small H a step is a short chain of dependent work (W_hh h, then the
+ * gates, then the next W_hh h): at T=100, H=32 the general loop spent about as much of
+ * each step's ~100 ns on its bookkeeping (the batch's row offsets, pointers, a copy of h,
+ * the cell called through the run-time dispatch of target_clones) as on the product.
+ * Here h_{t-1} is read from the previous output row, the cell is written with
+ * intrinsics, and nothing else is in the loop.
+ *
+ * The inputs are projected before (a: row t = W_ih x_t, SH floats a row); on return a
+ * holds the saved activations of every row, laid out as the general loop saves them
+ * (_kernels.pyx), so the backward takes either. The vanilla RNN's rows are its output
+ * rows (a == out). Modes as _kernels.pyx: 0 tanh RNN, 1 relu RNN, 2 LSTM, 3 GRU with the
+ * reset gate after W_hn (the reset-before GRU and LSTM projections take the general
+ * loop). The math is that of _cellmath.h's float functions.
+ */
+#ifndef FASTRNN_SEQ1_H
+#define FASTRNN_SEQ1_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "_gemm.h"
+
+#if FR_HAVE_KERNEL
+
+#define FR_AVX512 __attribute__((target("avx512f"), always_inline)) static inline
+
+/* fr_expf on 16 lanes: the same reduction and polynomial; 2^n applied with scalef. The
+ * constant is the first operand of min/max so that NaN (the second) passes through. */
+FR_AVX512 __m512 fr_vexp(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* fr_tanhf: the odd polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) with x's sign
+ * above (NaN takes the second branch and stays NaN). */
+FR_AVX512 __m512 fr_vtanh(__m512 x)
+{
+    __m512 ax = _mm512_abs_ps(x);
+    __m512 z = _mm512_mul_ps(x, x);
+    __m512 s = _mm512_set1_ps(-5.70498872745e-3f);
+    s = _mm512_fmadd_ps(s, z, _mm512_set1_ps(2.06390887954e-2f));
+    s = _mm512_fmadd_ps(s, z, _mm512_set1_ps(-5.37397155531e-2f));
+    s = _mm512_fmadd_ps(s, z, _mm512_set1_ps(1.33314422036e-1f));
+    s = _mm512_fmadd_ps(s, z, _mm512_set1_ps(-3.33332819422e-1f));
+    s = _mm512_fmadd_ps(_mm512_mul_ps(s, z), x, x);
+    __m512 e = fr_vexp(_mm512_add_ps(ax, ax));
+    __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f),
+                               _mm512_div_ps(_mm512_set1_ps(2.0f),
+                                             _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+    __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
+    big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big), sign));
+    __mmask16 small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(small, big, s);
+}
+
+FR_AVX512 __m512 fr_vsigmoid(__m512 x)
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, fr_vexp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+/* lanes [j, j + 16) of a row, masked past n */
+#define FR_LD(p, j, m) _mm512_maskz_loadu_ps(m, (p) + (j))
+#define FR_ST(p, j, m, v) _mm512_mask_storeu_ps((p) + (j), m, v)
+
+/* Steps s = 0 .. T-1 over t = s (t = T-1-s if reverse). pk: W_hh^T packed (G*H columns,
+ * k = H); gh: G*H floats of scratch; bias: b_ih + b_hh (the GRU's n block: b_in only,
+ * b_hn in bhn); h (and c for LSTM) hold the initial state on entry and the final one on
+ * exit; out: T x H; cs (LSTM training, else NULL): T x H, the cell state of each row.
+ *
+ * The input projection of row t is read from a + t * SH, where the activations are then
+ * saved; or, if pk_ih is given (W_ih^T packed, k = nin, small enough to stay in the L1
+ * cache with W_hh), computed here from x (T x nin), one step ahead into gx (2 * SH floats:
+ * the row of this step and of the next), where it costs no BLAS call and its products
+ * overlap the cell of the step before, which they do not depend on; the activations then
+ * go to a + t * SH if a is given (training), else stay in gx. */
+__attribute__((target("avx512f"))) static void
+fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a, long SH,
+                const float *bias, const float *bhn, float *h, float *c, float *out,
+                float *cs, float *gh, const float *x, long nin, const float *pk_ih, float *gx)
+{
+    long G = mode == 2 ? 4 : mode == 3 ? 3 : 1, GH = G * H;
+    long panels = fr_panels(GH);
+    const float *hp = h; /* h_{t-1}: the previous output row, h0 at first */
+    float *gnext = gx;
+    if (pk_ih && T > 0)
+        fr_gemm_panels_rows(1, GH, nin, x + (reverse ? T - 1 : 0) * nin, nin, pk_ih, gnext, GH, 0,
+                            0, panels);
+    for (long s = 0; s < T; s++) {
+        long t = reverse ? T - 1 - s : s;
+        float *o = out + t * H, *ar;
+        const float *ain;
+        if (pk_ih) {
+            ain = gnext;
+            ar = a ? a + t * SH : gnext;
+            gnext = gnext == gx ? gx + SH : gx;
+        } else {
+            ain = ar = a + t * SH;
+        }
+        fr_gemm_panels_rows(1, GH, H, hp, H, pk, gh, GH, 0, 0, panels);
+        for (long j = 0; j < H; j += 16) {
+            __mmask16 m = fr_mask(H - j);
+            if (mode <= 1) {
+                __m512 u = _mm512_add_ps(_mm512_add_ps(FR_LD(ain, j, m), FR_LD(gh, j, m)),
+                                         FR_LD(bias, j, m));
+                if (mode == 1) {
+                    /* u < 0 is false for NaN, which stays NaN as in torch */
+                    __mmask16 neg = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LT_OQ);
+                    u = _mm512_mask_blend_ps(neg, u, _mm512_setzero_ps());
+                } else {
+                    u = fr_vtanh(u);
+                }
+                FR_ST(o, j, m, u);
+            } else if (mode == 2) {
+                __m512 i = fr_vsigmoid(_mm512_add_ps(
+                    _mm512_add_ps(FR_LD(ain, j, m), FR_LD(gh, j, m)), FR_LD(bias, j, m)));
+                __m512 f = fr_vsigmoid(_mm512_add_ps(
+                    _mm512_add_ps(FR_LD(ain, H + j, m), FR_LD(gh, H + j, m)),
+                    FR_LD(bias, H + j, m)));
+                __m512 g = fr_vtanh(_mm512_add_ps(
+                    _mm512_add_ps(FR_LD(ain, 2 * H + j, m), FR_LD(gh, 2 * H + j, m)),
+                    FR_LD(bias, 2 * H + j, m)));
+                __m512 og = fr_vsigmoid(_mm512_add_ps(
+                    _mm512_add_ps(FR_LD(ain, 3 * H + j, m), FR_LD(gh, 3 * H + j, m)),
+                    FR_LD(bias, 3 * H + j, m)));
+                __m512 cn = _mm512_fmadd_ps(f, FR_LD(c, j, m), _mm512_mul_ps(i, g));
+                FR_ST(ar, j, m, i);
+                FR_ST(ar, H + j, m, f);
+                FR_ST(ar, 2 * H + j, m, g);
+                FR_ST(ar, 3 * H + j, m, og);
+                FR_ST(c, j, m, cn);
+                if (cs)
+                    FR_ST(cs + t * H, j, m, cn);
+                FR_ST(o, j, m, _mm512_mul_ps(og, fr_vtanh(cn)));
+            } else {
+                __m512 r = fr_vsigmoid(_mm512_add_ps(
+                    _mm512_add_ps(FR_LD(ain, j, m), FR_LD(gh, j, m)), FR_LD(bias, j, m)));
+                __m512 z = fr_vsigmoid(_mm512_add_ps(
+                    _mm512_add_ps(FR_LD(ain, H + j, m), FR_LD(gh, H + j, m)),
+                    FR_LD(bias, H + j, m)));
+                __m512 hn = _mm512_add_ps(FR_LD(gh, 2 * H + j, m), FR_LD(bhn, j, m));
+                __m512 n = fr_vtanh(_mm512_fmadd_ps(
+                    r, hn, _mm512_add_ps(FR_LD(ain, 2 * H + j, m), FR_LD(bias, 2 * H + j, m))));
+                FR_ST(ar, j, m, r);
+                FR_ST(ar, H + j, m, z);
+                FR_ST(ar, 2 * H + j, m, n);
+                FR_ST(ar, 3 * H + j, m, hn);
+                /* (1 - z) n + z h_prev */
+                __m512 hv = _mm512_fmadd_ps(z, FR_LD(hp, j, m),
+                                            _mm512_fnmadd_ps(z, n, n));
+                FR_ST(o, j, m, hv);
+            }
+        }
+        if (pk_ih && s + 1 < T)
+            fr_gemm_panels_rows(1, GH, nin, x + (reverse ? t - 1 : t + 1) * nin, nin, pk_ih, gnext,
+                                GH, 0, 0, panels);
+        hp = o;
+    }
+    if (T > 0)
+        memcpy(h, hp, H * sizeof(float));
+}
+
+#undef FR_LD
+#undef FR_ST
+#undef FR_AVX512
+
+#else
+
+static void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
+                            long SH, const float *bias, const float *bhn, float *h, float *c,
+                            float *out, float *cs, float *gh, const float *x, long nin,
+                            const float *pk_ih, float *gx)
+{
+    (void)mode, (void)T, (void)H, (void)reverse, (void)pk, (void)a, (void)SH, (void)bias;
+    (void)bhn, (void)h, (void)c, (void)out, (void)cs, (void)gh, (void)x, (void)nin;
+    (void)pk_ih, (void)gx; /* never called: no kernel */
+}
+
+#endif /* FR_HAVE_KERNEL */
+
+#endif
