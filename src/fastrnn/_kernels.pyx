@@ -57,6 +57,12 @@ cdef extern from "_gemm.h" nogil:
     enum: FR_KC
 
 cdef extern from "_seq1.h" nogil:
+    void fr_lstm_row_v(long H, long n, const float *a, const float *gh, const float *bias,
+                       float *ar, float *c, float *cs, float *o)
+    void fr_gru_row_v(long H, long n, const float *a, const float *gh, const float *bias,
+                      const float *bhn, const float *hp, float *ar, float *o)
+    void fr_rnn_row_v(int relu, long n, const float *a, const float *gh, const float *bias,
+                      float *o)
     void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
                          long SH, const float *bias, const float *bhn, float *h, float *c,
                          float *out, float *cs, float *gh, const float *x, long nin,
@@ -459,6 +465,40 @@ cdef struct FwdLoop:
     void *pgx  # fuse: 2 rows of projection
 
 
+# The cells of a row of units [0, n) (gate blocks H apart): on the packed kernel (vec:
+# float32 on AVX-512) those of _seq1.h, which every float32 loop there then shares, else
+# _cellmath's. In training the activations are saved in a, else not (vec) or anyway.
+
+cdef inline void rnn_cell(bint vec, bint relu, Py_ssize_t n, floating *a, const floating *gh,
+                          const floating *b) noexcept nogil:
+    """In place: a holds the projection on entry, the new state on exit."""
+    if floating is float:
+        if vec:
+            fr_rnn_row_v(relu, n, a, gh, b, a)
+            return
+    rnn_row(relu, n, a, gh, b)
+
+
+cdef inline void lstm_cell(bint vec, bint training, Py_ssize_t H, Py_ssize_t n, floating *a,
+                           const floating *gh, const floating *b, floating *c,
+                           floating *m) noexcept nogil:
+    if floating is float:
+        if vec:
+            fr_lstm_row_v(H, n, a, gh, b, a if training else NULL, c, NULL, m)
+            return
+    lstm_row(H, n, a, gh, b, c, m)
+
+
+cdef inline void gru_cell(bint vec, bint training, Py_ssize_t H, Py_ssize_t n, floating *a,
+                          const floating *gh, const floating *b, const floating *bhn,
+                          const floating *hp, floating *o) noexcept nogil:
+    if floating is float:
+        if vec:
+            fr_gru_row_v(H, n, a, gh, b, bhn, hp, a if training else NULL, o)
+            return
+    gru_after_row(H, n, a, gh, b, bhn, hp, o)
+
+
 cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept nogil:
     """Thread tid's sequences of one direction of one layer over a packed batch.
 
@@ -521,6 +561,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         sync(tid, nth)
     cdef bint upfront = (training or L.upfront) and not L.fuse
     cdef bint in_out = L.pgates == L.pout  # the vanilla RNN's rows projected into out
+    cdef bint vec = ppk != NULL  # the packed kernel: AVX-512 here
     if upfront:
         # the input projection of every row at once, the saved gates its output (on
         # threads too: projecting a thread's few rows of each step as it comes reads all
@@ -628,17 +669,18 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                     m = pms + ((r0 + lo + b) if training else (lo + b)) * H
                 else:
                     m = pout + (r0 + lo + b) * Hout
-                lstm_row(H, H, arow, pgh + (lo + b) * GH, pb, pc + (lo + b) * H, m)
+                lstm_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pc + (lo + b) * H,
+                          m)
                 if training:
                     memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
                 if P == 0:
                     memcpy(hp + b * Hout, m, H * sizeof(floating))
             elif mode == GRU:
-                gru_after_row(H, H, arow, pgh + (lo + b) * GH, pb, pbhn, hp + b * Hout,
-                              pout + (r0 + lo + b) * Hout)
+                gru_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pbhn, hp + b * Hout,
+                         pout + (r0 + lo + b) * Hout)
                 memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
             else:
-                rnn_row(mode == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
+                rnn_cell(vec, mode == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
                 if not in_out:  # else a is the output row itself
                     memcpy(pout + (r0 + lo + b) * Hout, arow, H * sizeof(floating))
                 memcpy(hp + b * Hout, arow, H * sizeof(floating))
@@ -703,14 +745,14 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
                                (g * H + u1) // 64)
             orow = pout + row * H
             if mode == LSTM:
-                lstm_row(H, nu, a + u0, pgh + u0, pb + u0, pc + u0, orow + u0)
+                lstm_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pc + u0, orow + u0)
                 if training:
                     memcpy(pcs + row * H + u0, pc + u0, nu * sizeof(floating))
             elif mode == GRU:
-                gru_after_row(H, nu, a + u0, pgh + u0, pb + u0, pbhn + u0, hsrc + u0,
-                              orow + u0)
+                gru_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pbhn + u0, hsrc + u0,
+                         orow + u0)
             else:
-                rnn_row(mode == RNN_RELU, nu, a + u0, pgh + u0, pb + u0)
+                rnn_cell(True, mode == RNN_RELU, nu, a + u0, pgh + u0, pb + u0)
                 if not training:  # when training, a is the output row itself
                     memcpy(orow + u0, a + u0, nu * sizeof(floating))
             sync(tid, nth)
