@@ -77,6 +77,7 @@ def test_one_sequence_on_two_threads_agrees_with_one(cell, monkeypatch, paths):
     """Two threads project the inputs, then one runs the loop; the same results."""
     _packed_kernel()
     _need_threads()
+    monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     kind, extra = CELLS[cell]
     data = _data(kind, extra, 30, 1, 1, True, seed=6, I=24, H=40)

@@ -14,6 +14,7 @@ import concurrent.futures
 import multiprocessing
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -247,6 +248,7 @@ def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_thread
     inference runs on one thread), the training forward's and the backward's; the
     results agree with one thread and with the reference."""
     _need_threads()
+    monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "UPFRONT_MAX_BYTES", upfront_bytes)
     inference = 2 if upfront_bytes else 1
     for cell, (kind, extra) in CELLS.items():
@@ -279,6 +281,7 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
     GRU) and other H keep the other paths. Every result agrees with one thread and with
     the reference."""
     _need_threads()
+    monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     # the reference's NumPy products leave BLAS threads spinning, which can make the split
@@ -314,6 +317,7 @@ def test_units_split_pauses_when_its_threads_keep_waiting(monkeypatch):
     calls run the sequence's steps on one thread (the other helps project the inputs
     only), with the same results, until the pause ends."""
     _need_threads()
+    monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     monkeypatch.setattr(_kernels, "SPLIT_SLEPT_PER_STEP", -1.0)
@@ -341,6 +345,45 @@ def test_units_split_pauses_when_its_threads_keep_waiting(monkeypatch):
         assert _kernels.last_call_split_units()
     finally:
         _kernels.resume_split()
+
+
+def test_batch_of_one_takes_threads_only_while_the_workers_are_awake(monkeypatch):
+    """A batch of one sequence finding the workers asleep runs on one thread and wakes
+    them; calls right after find them awake (once they are up) and take two; the same
+    results either way. Batches of two or more take threads asleep or not."""
+    _need_threads()
+    monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
+    _kernels.resume_split()
+    fastrnn.set_num_threads(2)
+    layer = fastrnn.GRU(32, 128, seed=0)
+    x = np.random.default_rng(0).standard_normal((12, 1, 32)).astype(np.float32)
+
+    def calls_until_two_threads():
+        # a short pause between calls lets a worker that Linux woke on this thread's CPU
+        # run (the call that woke it does not wait for it)
+        for n in range(1, 2001):
+            out, _ = layer(x)
+            if _kernels.last_call_threads() == 2:
+                assert _kernels.last_call_split_units()
+                return n, out
+            time.sleep(1e-4)
+        raise AssertionError("calls never found the workers awake")
+
+    _, two = calls_until_two_threads()
+    time.sleep(0.05)  # workers spin about 0.6 ms after a call, then sleep
+    one, _ = layer(x)
+    assert _kernels.last_call_threads() == 1
+    n, _ = calls_until_two_threads()
+    assert n > 1  # the call that found them asleep (above) woke them
+    assert_close(one, two, np.float32, "one thread against the split")
+    time.sleep(0.05)
+    layer(np.repeat(x, 2, axis=1))
+    assert _kernels.last_call_threads() == 2
+    # and so do large batches of one (here every call counts as large)
+    monkeypatch.setattr(_kernels, "B1_WARM_WORK", 0)
+    time.sleep(0.05)
+    layer(x)
+    assert _kernels.last_call_threads() == 2
 
 
 def test_small_calls_run_on_one_thread_large_ones_on_two():

@@ -75,7 +75,7 @@ cdef extern from "_pool.h" nogil:
     int fr_threads_cap
     int (*fr_blas_get_threads)()
     int fr_blas_bind(void *blas_symbol)
-    int fr_pool_begin(int want, int hold_blas, int *held)
+    int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
     void fr_pool_end(int held)
     void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     void fr_barrier(int tid, int nth)
@@ -112,6 +112,18 @@ os.register_at_fork(after_in_child=_after_fork_child)
 # Below this many multiply-adds in a call (N*G*H*(I+Hout)) it runs on one thread: waking
 # a sleeping worker and meeting it at the end cost tens of microseconds.
 THREAD_CALL_WORK = 1 << 21
+
+# A batch of one sequence takes threads only while the pool's workers are awake (a call
+# ended less than about 0.6 ms ago, or one on one thread woke them), else it runs on one
+# thread and wakes them for the next call. Its threads meet often (the units split: every step) and a worker, or its
+# virtual CPU, that has to wake up first costs more than the call gains: on this VM,
+# calls 50 ms apart (T=100, H=128) took a median of 1.2 ms (RNN) and 1.8 ms (LSTM) on two
+# threads against 0.47 and 0.94 on one; back to back, two threads stay the faster. Calls
+# of B1_WARM_WORK multiply-adds or more (T=100, H=512) take threads either way: there the
+# one-thread calls of the bench command, which follow the peers' calls, did not wake the
+# workers in time for the next call, and ran 1.5-2x slower.
+B1_WARM_ONLY = True
+B1_WARM_WORK = 1 << 26
 
 
 def threads_available():
@@ -176,9 +188,16 @@ cdef int _begin(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K, bint me
                 int *held):
     """fr_pool_begin for a call of _want_threads(N, B, GH, K, merged) threads. A call that
     runs on one thread although threads are worth its size (one sequence) still holds
-    BLAS to one thread: it should not wake BLAS's threads (fr_pool_begin)."""
+    BLAS to one thread: it should not wake BLAS's threads (fr_pool_begin). A batch of one
+    sequence smaller than B1_WARM_WORK takes threads only if the workers are awake
+    (B1_WARM_ONLY); if not, they are woken to spin for about twice this call on one thread
+    (N*GH*K multiply-adds at about 25 G/s, a pause loop 30 ns), and so a call that follows
+    soon finds them awake."""
+    cdef long spins = 0
+    if B == 1 and B1_WARM_ONLY and N * GH * K < B1_WARM_WORK:
+        spins = min(1 << 21, max(1, N * GH * K // 400))
     return fr_pool_begin(_want_threads(N, B, GH, K, merged), N * GH * K >= THREAD_CALL_WORK,
-                         held)
+                         spins, held)
 
 
 cdef Py_ssize_t _split_sequences(const Py_ssize_t *bs, Py_ssize_t T, Py_ssize_t B,

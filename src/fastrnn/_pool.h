@@ -43,6 +43,9 @@ static struct {
     pthread_cond_t wake;
     int started; /* workers created: threads 1 .. started */
     unsigned gen; /* bumped for each task */
+    unsigned nudge; /* bumped to wake the workers without a task (fr_pool_nudge) */
+    long nudge_spins; /* how long a nudged worker spins */
+    int asleep; /* workers waiting on `wake` */
     fr_task_fn fn;
     void *ctx;
     int nth;
@@ -155,16 +158,22 @@ static void *fr_worker(void *arg)
     unsigned seen = (unsigned)((uintptr_t)arg >> 16);
     for (;;) {
         unsigned g;
-        long i = 0;
+        long i = 0, spins = FR_IDLE_SPINS;
         while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen) {
-            if (++i < FR_IDLE_SPINS) {
+            if (++i < spins) {
                 fr_pause();
                 continue;
             }
             pthread_mutex_lock(&fr_pool.lock);
-            while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen)
+            unsigned nudged = fr_pool.nudge;
+            __atomic_add_fetch(&fr_pool.asleep, 1, __ATOMIC_SEQ_CST);
+            while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen &&
+                   fr_pool.nudge == nudged)
                 pthread_cond_wait(&fr_pool.wake, &fr_pool.lock);
+            __atomic_sub_fetch(&fr_pool.asleep, 1, __ATOMIC_SEQ_CST);
+            spins = fr_pool.nudge_spins > FR_IDLE_SPINS ? fr_pool.nudge_spins : FR_IDLE_SPINS;
             pthread_mutex_unlock(&fr_pool.lock);
+            i = 0; /* woken by a task, or nudged: spin again */
         }
         seen = g;
         /* Every started worker answers every task, taking part or not: the next task
@@ -188,6 +197,7 @@ static void fr_pool_atfork_child(void)
     pthread_mutex_init(&fr_pool.lock, NULL);
     pthread_cond_init(&fr_pool.wake, NULL);
     fr_pool.started = 0;
+    fr_pool.asleep = 0;
     fr_pool.restore_blas_threads = fr_pool.held ? fr_pool.saved_blas_threads : 0;
     fr_pool.held = 0;
 }
@@ -199,14 +209,32 @@ static void fr_pool_after_fork_child(void)
     fr_pool.restore_blas_threads = 0;
 }
 
+/* Whether every worker is awake (spinning or working), not waiting on `wake`. */
+static int fr_pool_warm(void)
+{
+    return fr_pool.started > 0 && __atomic_load_n(&fr_pool.asleep, __ATOMIC_SEQ_CST) == 0;
+}
+
+/* Wake the sleeping workers without a task: they spin `spins` pause loops (at least
+ * FR_IDLE_SPINS), so that a call that comes within that time finds them awake. */
+static void fr_pool_nudge(long spins)
+{
+    pthread_mutex_lock(&fr_pool.lock);
+    fr_pool.nudge++;
+    fr_pool.nudge_spins = spins;
+    pthread_cond_broadcast(&fr_pool.wake);
+    pthread_mutex_unlock(&fr_pool.lock);
+}
+
 /* Take the pool for a call that could use up to `want` threads. Returns the thread count
- * to run with. *held says whether the call holds the pool, with BLAS set to one thread,
+ * to run with; with warm_spins > 0, one unless the workers are awake (woken now for the
+ * next call if not, to spin warm_spins pause loops: fr_pool_nudge). *held says whether the call holds the pool, with BLAS set to one thread,
  * until fr_pool_end(*held): always above one thread, and on one thread too if
  * `hold_blas`, so that a call we run on one thread does not wake BLAS's own threads:
  * OpenBLAS's idle threads spin about 0.1 s after their last product, and a units split
  * that came next shared a core with one (T=100, B=1, H=128: 0.1 -> 11 ms a call).
  * A call that finds the pool taken (another Python thread's) runs on one thread. */
-static int fr_pool_begin(int want, int hold_blas, int *held)
+static int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
 {
     *held = 0;
     if (want > fr_threads_cap)
@@ -239,6 +267,10 @@ static int fr_pool_begin(int want, int hold_blas, int *held)
     }
     if (nth > fr_pool.started + 1)
         nth = fr_pool.started + 1;
+    if (nth > 1 && warm_spins > 0 && !fr_pool_warm()) {
+        fr_pool_nudge(warm_spins);
+        nth = 1;
+    }
     if (nth <= 1 && blas <= 1) {
         pthread_mutex_unlock(&fr_pool.busy);
         return 1;
