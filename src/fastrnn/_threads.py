@@ -11,8 +11,8 @@ def set_num_threads(n: int) -> None:
     (``OPENBLAS_NUM_THREADS``, ``threadpoolctl.threadpool_limits``), splitting the batch's
     sequences between them, and holds that BLAS to one thread while it runs. A batch of
     one sequence splits its hidden units between the threads (H a multiple of 128), or
-    else projects its inputs on them and runs its steps on one; a small call runs on one
-    thread.
+    else projects its inputs on them and runs its steps on one; when it is small, only
+    while the threads are awake from a call just before. A small call runs on one thread.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
