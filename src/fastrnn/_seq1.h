@@ -8,12 +8,14 @@
  * Here h_{t-1} is read from the previous output row, the cell is written with
  * intrinsics, and nothing else is in the loop.
  *
- * The inputs are projected before (a: row t = W_ih x_t, SH floats a row); on return a
- * holds the saved activations of every row, laid out as the general loop saves them
- * (_kernels.pyx), so the backward takes either. The vanilla RNN's rows are its output
- * rows (a == out). Modes as _kernels.pyx: 0 tanh RNN, 1 relu RNN, 2 LSTM, 3 GRU with the
- * reset gate after W_hn (the reset-before GRU and LSTM projections take the general
- * loop). The math is that of _cellmath.h's float functions.
+ * The inputs are projected before the loop (a: row t = W_ih x_t, SH floats a row), or for
+ * a small W_ih inside it (fr_seq1_forward); in training a holds the saved activations of
+ * every row on return, laid out as the other loops save them (_kernels.pyx), so the
+ * backward takes either. The vanilla RNN's rows are its output rows (a == out). Modes
+ * as _kernels.pyx: 0 tanh RNN, 1 relu RNN, 2 LSTM, 3 GRU with the reset gate after W_hn
+ * (the reset-before GRU and LSTM projections take the general loop). The cells are
+ * _cellmath.h's float math in intrinsics; the other float32 loops on AVX-512 call them
+ * too (fr_*_row_v).
  */
 #ifndef FASTRNN_SEQ1_H
 #define FASTRNN_SEQ1_H
