@@ -115,10 +115,10 @@ THREAD_CALL_WORK = 1 << 21
 
 # A batch of one sequence takes threads only while the pool's workers are awake (a call
 # ended less than about 0.6 ms ago, or one on one thread woke them), else it runs on one
-# thread and wakes them for the next call. Its threads meet often (the units split: every step) and a worker, or its
-# virtual CPU, that has to wake up first costs more than the call gains: on this VM,
-# calls 50 ms apart (T=100, H=128) took a median of 1.2 ms (RNN) and 1.8 ms (LSTM) on two
-# threads against 0.47 and 0.94 on one; back to back, two threads stay the faster. Calls
+# thread and wakes them for the next call. Its threads meet often (the units split: at
+# every step), and a worker, or its virtual CPU, that has to wake up first costs more
+# than the call gains: on this VM, calls 50 ms apart (T=100, H=128) took a median of
+# 1.2 ms (RNN) and 1.8 ms (LSTM) on two threads against 0.47 and 0.94 on one; back to back, two threads stay the faster. Calls
 # of B1_WARM_WORK multiply-adds or more (T=100: LSTM and GRU from H=256, RNN from 512)
 # take threads either way: in the bench command, where they follow the peers' calls, an
 # RNN at H=512 that woke the workers ran 2.1 ms against 0.9-1.1 (the worker it woke spun
@@ -408,9 +408,9 @@ SEQ1_FUSE_WEIGHTS = 1 << 10
 # another process stalls the others at each step: under a one-core CPU hog, calls that
 # split (T=100, B=1: RNN H=512, LSTM H=256) ran 1.4-1.8x slower on average than on one
 # thread. When the split calls of the last SPLIT_BAD_SECONDS (at least 3 calls) all had
-# more than SPLIT_SLEPT_PER_STEP of their steps (and more than 4) wait long enough to
-# sleep (and more than SPLIT_SLEPT_MIN), calls do not split for SPLIT_PAUSE_SECONDS. Counted at T=100: 0-3 such waits a
-# call on an idle machine, about 100 under the hog; but on the idle machine too, a
+# more than SPLIT_SLEPT_PER_STEP of their steps, and more than SPLIT_SLEPT_MIN, wait long
+# enough to sleep, calls do not split for SPLIT_PAUSE_SECONDS. Counted at T=100: 0-3
+# such waits a call on an idle machine, about 100 under the hog; but on the idle machine too, a
 # couple of calls in a row out of a few hundred had about 100 (their threads briefly
 # shared a core), hence a streak that lasts.
 SPLIT_SLEPT_PER_STEP = 0.25
@@ -487,7 +487,7 @@ cdef struct FwdLoop:
 
 # The cells of a row of units [0, n) (gate blocks H apart): on the packed kernel (vec:
 # float32 on AVX-512) those of _seq1.h, which every float32 loop there then shares, else
-# _cellmath's. In training the activations are saved in a, else not (vec) or anyway.
+# _cellmath's. The activations are saved in a when training (_cellmath's always).
 
 cdef inline void rnn_cell(bint vec, bint relu, Py_ssize_t n, floating *a, const floating *gh,
                           const floating *b) noexcept nogil:
@@ -689,15 +689,15 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                     m = pms + ((r0 + lo + b) if training else (lo + b)) * H
                 else:
                     m = pout + (r0 + lo + b) * Hout
-                lstm_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pc + (lo + b) * H,
-                          m)
+                lstm_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb,
+                          pc + (lo + b) * H, m)
                 if training:
                     memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
                 if P == 0:
                     memcpy(hp + b * Hout, m, H * sizeof(floating))
             elif mode == GRU:
-                gru_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pbhn, hp + b * Hout,
-                         pout + (r0 + lo + b) * Hout)
+                gru_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pbhn,
+                         hp + b * Hout, pout + (r0 + lo + b) * Hout)
                 memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
             else:
                 rnn_cell(vec, mode == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
@@ -769,8 +769,8 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
                 if training:
                     memcpy(pcs + row * H + u0, pc + u0, nu * sizeof(floating))
             elif mode == GRU:
-                gru_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pbhn + u0, hsrc + u0,
-                         orow + u0)
+                gru_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pbhn + u0,
+                         hsrc + u0, orow + u0)
             else:
                 rnn_cell(True, mode == RNN_RELU, nu, a + u0, pgh + u0, pb + u0)
                 if not training:  # when training, a is the output row itself
@@ -1385,7 +1385,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     _opt(c0, tn, 2, B, H, "c0")
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
     cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
-    cdef Py_ssize_t SH = S * H, chunk, j, nscratch
+    cdef Py_ssize_t SH = S * H, chunk, j, nscratch, gx_at, rest_at
     cdef bint gather
     cdef floating *pb
     cdef floating *pbhn
@@ -1451,7 +1451,11 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
                       else "one sequence" if L.seq1 else "batch")
         if npack and nth == 1 and not L.fuse:
             npack -= sizes[3]  # W_ih is packed for threaded calls only
-        nscratch = GH + H + B * GH + npack + (2 * SH if L.fuse else 0)
+        # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
+        # the inference chunk (or the LSTM projection's m)
+        gx_at = GH + H + B * GH + npack
+        rest_at = gx_at + (2 * SH if L.fuse else 0)
+        nscratch = rest_at
         # the vanilla RNN's projection, when all rows are projected at once, goes straight
         # into out, where each step's tanh overwrites it in place
         in_out = S == 1 and (training or upfront)
@@ -1464,12 +1468,9 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         L.pbhn = scratch + GH
         L.pgh = scratch + GH + H
         L.ppk = (scratch + GH + H + B * GH) if npack else NULL
-        L.pgx = <void *> (scratch + GH + H + B * GH + npack)
-        if L.fuse:
-            npack += 2 * SH  # what follows starts past gx
+        L.pgx = <void *> (scratch + gx_at)
         L.pgates = (cnp.PyArray_DATA(gates) if training else NULL if L.fuse
-                    else cnp.PyArray_DATA(out) if in_out
-                    else <void *> (scratch + GH + H + B * GH + npack))
+                    else cnp.PyArray_DATA(out) if in_out else <void *> (scratch + rest_at))
         L.pxg = NULL
         L.pms = NULL
         if P:

@@ -228,9 +228,10 @@ static void fr_pool_nudge(long spins)
 
 /* Take the pool for a call that could use up to `want` threads. Returns the thread count
  * to run with; with warm_spins > 0, one unless the workers are awake (woken now for the
- * next call if not, to spin warm_spins pause loops: fr_pool_nudge). *held says whether the call holds the pool, with BLAS set to one thread,
- * until fr_pool_end(*held): always above one thread, and on one thread too if
- * `hold_blas`, so that a call we run on one thread does not wake BLAS's own threads:
+ * next call if not, to spin warm_spins pause loops: fr_pool_nudge). *held says whether
+ * the call holds the pool, with BLAS set to one thread, until fr_pool_end(*held): always
+ * above one thread, and on one thread too if `hold_blas`, so that a call we run on one
+ * thread does not wake BLAS's own threads:
  * OpenBLAS's idle threads spin about 0.1 s after their last product, and a units split
  * that came next shared a core with one (T=100, B=1, H=128: 0.1 -> 11 ms a call).
  * A call that finds the pool taken (another Python thread's) runs on one thread. */
