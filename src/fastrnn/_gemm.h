@@ -23,6 +23,7 @@
 #define FR_MR 6  /* rows per block: 6 x 4 = 24 accumulators of the 32 zmm registers */
 #define FR_KC 256 /* rows of the sum per block in fr_gemm_tn: a packed panel is 64 KB */
 #define FR_TN_MB 384 /* columns of A per block in fr_gemm_tn (a multiple of FR_MR) */
+#define FR_PREFETCH_BYTES (2L << 20) /* fr_gemm_panels_rows: panels fetched ahead above */
 #ifndef FR_A_BLOCK_FLOATS
 #define FR_A_BLOCK_FLOATS (256 * 1024)
 #endif /* rows of A kept in cache across the panels: 1 MB */
@@ -151,10 +152,11 @@ fr_pack_panels_t(long n, long k, const float *w, long ldw, float *packed, long p
 
 /* One block: rows [0, MR) of A (row stride lda; TA: A^T, stored transposed) times one
  * panel, into C (stride ldc), writing ncols <= FR_NR columns. MR and TA are compile-time
- * constants at every call site so the accumulators stay in registers. */
+ * constants at every call site so the accumulators stay in registers. Meanwhile the
+ * pf_n (<= k) cache lines from pf are fetched into L2, one a step of the k loop. */
 __attribute__((target("avx512f"), always_inline)) static inline void
 fr_block_ta(const int MR, const int TA, long k, const float *a, long lda, const float *panel,
-            float *c, long ldc, long ncols, int accumulate)
+            float *c, long ldc, long ncols, int accumulate, const char *pf, long pf_n)
 {
     __m512 acc[FR_MR][4];
     for (int i = 0; i < MR; i++)
@@ -162,6 +164,8 @@ fr_block_ta(const int MR, const int TA, long k, const float *a, long lda, const 
             acc[i][v] = _mm512_setzero_ps();
     for (long kk = 0; kk < k; kk++) {
         const float *bp = panel + kk * FR_NR;
+        if (kk < pf_n)
+            _mm_prefetch(pf + kk * 64, _MM_HINT_T1);
         __m512 b0 = _mm512_loadu_ps(bp);
         __m512 b1 = _mm512_loadu_ps(bp + 16);
         __m512 b2 = _mm512_loadu_ps(bp + 32);
@@ -189,8 +193,8 @@ fr_block_ta(const int MR, const int TA, long k, const float *a, long lda, const 
     }
 }
 
-#define fr_block(MR, k, a, lda, panel, c, ldc, ncols, accumulate) \
-    fr_block_ta(MR, 0, k, a, lda, panel, c, ldc, ncols, accumulate)
+#define fr_block(MR, k, a, lda, panel, c, ldc, ncols, accumulate, pf, pf_n) \
+    fr_block_ta(MR, 0, k, a, lda, panel, c, ldc, ncols, accumulate, pf, pf_n)
 
 /* One row times two panels at once. A single row has only 4 accumulators per panel,
  * fewer than the FMA pipes keep in flight (2 pipes x 4 cycles of latency): with two
@@ -291,22 +295,38 @@ fr_gemm_panels_rows(long m, long n, long k, const float *a, long lda, const floa
      * the L2 cache delivers, and ran the whole product about 10% slower. */
     long nblocks = (m + FR_MR - 1) / FR_MR;
     long base = nblocks > 0 ? m / nblocks : 0, bigger = nblocks > 0 ? m % nblocks : 0;
+    /* The blocks of a panel fetch the next panel into L2, each its share (a line a k
+     * step): a weight larger than the caches, streamed by both threads (LSTM at H=1024),
+     * otherwise kept the first block of every panel waiting on memory (2 threads,
+     * 64 x 1024 @ 1024 x 4096: 206 -> 216 GF/s). Only for panels beyond the L2 cache
+     * (FR_PREFETCH_BYTES): those within it gained nothing (LSTM at H=256: 0.99x), and
+     * only panels of at most a quarter of L2 (k <= 1024), that the fetched one does not
+     * push out of it (the backward's dG @ W_hh at H=1024: 1 MB panels). */
+    long pf_lines = FR_NR * k / 16, pf_share = (pf_lines + nblocks - 1) / nblocks;
+    int prefetch = nblocks > 1 && pf_share <= k /* else some lines would not be fetched */
+                   && k <= 1024
+                   && (p_end - p) * FR_NR * k * (long)sizeof(float) > FR_PREFETCH_BYTES;
     for (; p < p_end; p++) {
         const float *panel = packed + p * FR_NR * k;
         long ncols = n - p * FR_NR < FR_NR ? n - p * FR_NR : FR_NR;
         float *cp = c + p * FR_NR;
         long i = 0;
+        const char *next = prefetch && p + 1 < p_end ? (const char *)(panel + FR_NR * k) : NULL;
         for (long blk = 0; blk < nblocks; blk++) {
             long rows = base + (blk < bigger);
             const float *ap = a + i * lda;
             float *cb = cp + i * ldc;
+            long pf_at = blk * pf_share, pf_n = 0;
+            if (next && pf_at < pf_lines)
+                pf_n = pf_lines - pf_at < pf_share ? pf_lines - pf_at : pf_share;
+            const char *pf = next ? next + pf_at * 64 : NULL;
             switch (rows) {
-            case 6: fr_block(6, k, ap, lda, panel, cb, ldc, ncols, accumulate); break;
-            case 5: fr_block(5, k, ap, lda, panel, cb, ldc, ncols, accumulate); break;
-            case 4: fr_block(4, k, ap, lda, panel, cb, ldc, ncols, accumulate); break;
-            case 3: fr_block(3, k, ap, lda, panel, cb, ldc, ncols, accumulate); break;
-            case 2: fr_block(2, k, ap, lda, panel, cb, ldc, ncols, accumulate); break;
-            default: fr_block(1, k, ap, lda, panel, cb, ldc, ncols, accumulate); break;
+            case 6: fr_block(6, k, ap, lda, panel, cb, ldc, ncols, accumulate, pf, pf_n); break;
+            case 5: fr_block(5, k, ap, lda, panel, cb, ldc, ncols, accumulate, pf, pf_n); break;
+            case 4: fr_block(4, k, ap, lda, panel, cb, ldc, ncols, accumulate, pf, pf_n); break;
+            case 3: fr_block(3, k, ap, lda, panel, cb, ldc, ncols, accumulate, pf, pf_n); break;
+            case 2: fr_block(2, k, ap, lda, panel, cb, ldc, ncols, accumulate, pf, pf_n); break;
+            default: fr_block(1, k, ap, lda, panel, cb, ldc, ncols, accumulate, pf, pf_n); break;
             }
             i += rows;
         }
@@ -358,13 +378,13 @@ fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b, lon
             float *cp = c + p * FR_NR;
             long i = i0, m_end = m - i0 < FR_TN_MB ? m : i0 + FR_TN_MB;
             for (; i + FR_MR <= m_end; i += FR_MR)
-                fr_block_ta(FR_MR, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc);
+                fr_block_ta(FR_MR, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0);
             switch (m_end - i) {
-            case 5: fr_block_ta(5, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
-            case 4: fr_block_ta(4, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
-            case 3: fr_block_ta(3, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
-            case 2: fr_block_ta(2, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
-            case 1: fr_block_ta(1, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc); break;
+            case 5: fr_block_ta(5, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
+            case 4: fr_block_ta(4, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
+            case 3: fr_block_ta(3, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
+            case 2: fr_block_ta(2, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
+            case 1: fr_block_ta(1, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
             default: break;
             }
         }
