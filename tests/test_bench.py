@@ -127,7 +127,8 @@ def test_measure_interleaves_in_rotating_order():
     calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
     settings = bench.TimingSettings(min_rounds=3, min_time=0.0, block_time=0.0)
     timings = bench.measure(calls, settings)
-    assert order == list("abc") + list("abc") + list("bca") + list("cab")  # calibrate + 3
+    # each block is one untimed call and one timed: calibration, then 3 rotating rounds
+    assert order == [n for n in "abcabcbcacab" for _ in range(2)]
     assert all(t.k == 3 and t.inner == 1 and t.best <= t.median for t in timings.values())
 
 

@@ -88,7 +88,7 @@ class TimingSettings:
     min_rounds: at least this many interleaved rounds (k); min_time: and keep going until the
     point has been timed this many seconds; max_rounds: but never more rounds than this;
     block_time: each sample runs an implementation enough times back to back to last at least
-    this long (one call for anything slower), after one untimed call, and records the mean of
+    this long (one call for anything slower) after one untimed call, and records the mean of
     that block.
     """
 
@@ -126,11 +126,11 @@ class Timing:
 
 
 def _time_block(fn: Callable[[], Any], n: int, clock: Callable[[], float]) -> float:
-    """Mean seconds per call of ``n`` calls back to back; a block of several calls starts with
-    one untimed call, so that it does not pay for the previous implementation's threads
-    winding down or for cold caches."""
-    if n > 1:
-        fn()
+    """Mean seconds per call of ``n`` calls back to back, after one untimed call, so that the
+    block does not pay for the previous implementation's threads winding down or for cold
+    caches. A single call right after torch's took 15-25% longer than the next (LSTM
+    100x64x256 inference: 44-48 ms, then 38), so slow calls get the untimed one too."""
+    fn()
     t0 = clock()
     for _ in range(n):
         fn()
@@ -481,7 +481,7 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     lines += [
         (f"timing: best of k interleaved rounds (every implementation once per round, "
          f"rotating order; a sample is a block of calls lasting >= "
-         f"{settings.block_time * 1e3:g} ms after one untimed call, or one call if slower), "
+         f"{settings.block_time * 1e3:g} ms, or one call if slower, after one untimed call), "
          f"k >= {settings.min_rounds} and >= {settings.min_time:g} s per point; the GEMM "
          f"probe in rounds of its own after the implementations"),
         (f"check: every peer's result (out, final states; training: dx and every weight "
