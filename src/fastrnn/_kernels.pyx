@@ -462,7 +462,7 @@ def resume_split():
 cdef struct FwdLoop:
     # the problem (see forward_loop) and its buffers, typed by the task that runs it;
     # inputs: I (<complex.h> defines I as a macro)
-    int mode, reset_after, reverse, training, split, upfront, seq1, fuse
+    int mode, reset_after, reverse, training, split, upfront, seq1, fuse, pack_ih
     Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -575,7 +575,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                                 Hout)
         if P > 0:
             pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
-        if nth > 1 or L.fuse:
+        if L.pack_ih:
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
@@ -608,7 +608,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                                 pout, pcs if training else NULL, pgh, px, I,
                                 pk_ih if L.fuse else NULL, <float *> L.pgx)
             return
-    if not upfront and pk_ih != NULL:
+    cdef bint step_proj = not upfront and pk_ih != NULL and nth > 1
+    if step_proj:
         # Threads on the packed kernel project each step's rows as the step comes: a
         # thread's rows of a step are adjacent in x, the kernel is as fast on a few rows
         # as on many, and the projection is still in cache when the cell reads it.
@@ -626,7 +627,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             continue
         if upfront:
             a = pgates + (r0 + lo) * SH
-        elif pk_ih != NULL:
+        elif step_proj:
             a = pgates
             step_gemm(pk_ih, <int> n, <int> GH, <int> I, px + (r0 + lo) * I, <int> I, True,
                       pwih, <int> I, False, a, <int> SH)
@@ -645,10 +646,10 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                     rows += j
                     s_end += 1
                 if pxg == NULL:
+                    # one thread: packed W_ih (if packed) or BLAS
                     row_base = off[T - s_end] if reverse else off[s]
-                    gemm(False, True, <int> rows, <int> GH, <int> I, <floating> 1,
-                         px + row_base * I, <int> I, pwih, <int> I, <floating> 0, pgates,
-                         <int> SH)
+                    step_gemm(pk_ih, <int> rows, <int> GH, <int> I, px + row_base * I,
+                              <int> I, True, pwih, <int> I, False, pgates, <int> SH)
                 else:
                     j = 0
                     for u in range(s, s_end):
@@ -1453,8 +1454,14 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS
         _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
                       else "one sequence" if L.seq1 else "batch")
-        if npack and nth == 1 and not L.fuse:
-            npack -= sizes[3]  # W_ih is packed for threaded calls only
+        # W_ih is packed for threads, for the projection inside the one-sequence loop, and
+        # for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the same
+        # product there (it packs both operands every call; LSTM 100x16x256 inference,
+        # one thread: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1 leaves it to BLAS: half-empty
+        # panels made the RNN at H = 32 8% slower.
+        L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1)
+        if npack and not L.pack_ih:
+            npack -= sizes[3]
         # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
         # the inference chunk (or the LSTM projection's m)
         gx_at = GH + H + B * GH + npack
