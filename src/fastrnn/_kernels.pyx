@@ -34,6 +34,7 @@ import time
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport free, malloc
+from posix.stdlib cimport posix_memalign
 from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext,
                                PyCapsule_GetPointer, PyCapsule_New, PyCapsule_SetContext)
 from libc.string cimport memcpy, memset
@@ -1104,17 +1105,26 @@ cdef void *_scratch(size_t nbytes) except NULL:
     if not _kept_busy:
         if _kept_size < nbytes:
             _release_kept()
-            _kept = malloc(nbytes)
+            _kept = _alloc_lines(nbytes)
             if _kept == NULL:
                 raise MemoryError()
             _kept_size = nbytes
             PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> _kept, nbytes)
         _kept_busy = True
         return _kept
-    p = malloc(nbytes)
+    p = _alloc_lines(nbytes)
     if p == NULL:
         raise MemoryError()
     PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> p, nbytes)
+    return p
+
+
+cdef void *_alloc_lines(size_t nbytes) noexcept:
+    """nbytes starting on a cache line (free() releases it), or NULL. The scratch's parts
+    (packed panels, a step's gates) are whole lines apart when H is a multiple of 16."""
+    cdef void *p = NULL
+    if posix_memalign(&p, 64, nbytes) != 0:
+        return NULL
     return p
 
 
