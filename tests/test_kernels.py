@@ -135,3 +135,36 @@ def test_kernels_reject_non_float_input():
         _forward(x=np.zeros((6, 3), np.int64))
     out, h, c, saved = _forward()
     assert out.shape == (6, 4) and h.shape == c.shape == (2, 4) and saved[0].shape == (6, 16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,T", [(4, 3), (128, 40)], ids=["small", "cached-blocks"])
+def test_outputs_and_states_start_on_a_cache_line(dtype, H, T):
+    """Threads that split a sequence's units write halves of the same output and state
+    rows; every float array a kernel returns starts on a 64-byte line, small ones (views
+    into NumPy's bytes) and those from the block cache alike, and holds the copied state."""
+    rng = np.random.default_rng(1)
+    I, B = 3, 2
+    a = dict(x=rng.standard_normal((B * T, I)).astype(dtype),
+             batch_sizes=np.full(T, B, np.intp),
+             w_ih=rng.standard_normal((4 * H, I)).astype(dtype),
+             w_hh=(0.1 * rng.standard_normal((4 * H, H))).astype(dtype),
+             b_ih=np.zeros(4 * H, dtype), b_hh=np.zeros(4 * H, dtype), w_hr=None,
+             h0=rng.standard_normal((B, H)).astype(dtype),
+             c0=rng.standard_normal((B, H)).astype(dtype))
+    for _ in range(2):  # the second call takes blocks the first one's dead arrays gave back
+        out, h_n, c_n, (gates, cs, ms) = _kernels.forward(
+            _kernels.MODES["LSTM"], True, False, True, a["x"], a["batch_sizes"], a["w_ih"],
+            a["w_hh"], a["b_ih"], a["b_hh"], a["w_hr"], a["h0"], a["c0"])
+        dout = np.ones_like(out)
+        dx, dh0, dc0, *_ = _kernels.backward(
+            _kernels.MODES["LSTM"], True, False, a["x"], a["batch_sizes"], a["h0"], a["c0"],
+            a["w_ih"], a["w_hh"], None, out, gates, cs, ms, dout, a["h0"], a["c0"], None)
+        for name, arr in dict(out=out, h_n=h_n, c_n=c_n, gates=gates, cs=cs, dx=dx,
+                              dh0=dh0, dc0=dc0).items():
+            assert arr.dtype == dtype and arr.flags.c_contiguous, name
+            assert arr.ctypes.data % 64 == 0, (name, arr.ctypes.data % 64)
+        # the states are copies: the inputs are untouched, the outputs are new arrays
+        assert not np.shares_memory(h_n, a["h0"]) and not np.shares_memory(dh0, a["h0"])
+        np.testing.assert_array_equal(out[-B:], h_n)
+        del out, h_n, c_n, gates, cs, dx, dh0, dc0

@@ -124,15 +124,16 @@ def test_inference_keeps_its_workspace_for_the_next_call():
     layer = fastrnn.LSTM(256, 256, seed=0)
     x = np.random.default_rng(0).standard_normal((20, 16, 256)).astype(np.float32)
     _kernels.release_workspace()
-    first, _ = layer(x)  # held: its block does not go back to the cache
+    # outputs and states held: none of their blocks goes back to the cache
+    first, first_states = layer(x)
     kept = _kernels.workspace_bytes()
     # at least the packed W_hh^T (1024 x 256 floats) stays
     assert kept >= 1024 * 256 * 4
-    (second, _), peak = _peak_bytes(lambda: layer(x))
+    (second, second_states), peak = _peak_bytes(lambda: layer(x))
     np.testing.assert_array_equal(first, second)
     assert _kernels.workspace_bytes() == kept
     # the second call's traced peak is its outputs, not the workspace again
     assert peak < kept, (peak, kept)
-    del first, second
+    del first, second, first_states, second_states
     _kernels.release_workspace()
     assert _kernels.workspace_bytes() == 0
