@@ -377,14 +377,18 @@ fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b, lon
             long ncols = n - p * FR_NR < FR_NR ? n - p * FR_NR : FR_NR;
             float *cp = c + p * FR_NR;
             long i = i0, m_end = m - i0 < FR_TN_MB ? m : i0 + FR_TN_MB;
+/* a block of MR columns of A, read transposed, times the panel (no prefetch) */
+#define FR_TN_BLOCK(MR) \
+    fr_block_ta(MR, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0)
             for (; i + FR_MR <= m_end; i += FR_MR)
-                fr_block_ta(FR_MR, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0);
+                FR_TN_BLOCK(FR_MR);
             switch (m_end - i) {
-            case 5: fr_block_ta(5, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
-            case 4: fr_block_ta(4, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
-            case 3: fr_block_ta(3, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
-            case 2: fr_block_ta(2, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
-            case 1: fr_block_ta(1, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0); break;
+            case 5: FR_TN_BLOCK(5); break;
+            case 4: FR_TN_BLOCK(4); break;
+            case 3: FR_TN_BLOCK(3); break;
+            case 2: FR_TN_BLOCK(2); break;
+            case 1: FR_TN_BLOCK(1); break;
+#undef FR_TN_BLOCK
             default: break;
             }
         }

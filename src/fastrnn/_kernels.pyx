@@ -1482,11 +1482,11 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
         L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS
         _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
                       else "one sequence" if L.seq1 else "batch")
-        # W_ih is packed for threads, for the projection inside the one-sequence loop, and
-        # for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the same
-        # product there (it packs both operands every call; LSTM 100x16x256 inference,
-        # one thread: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1 leaves it to BLAS: half-empty
-        # panels made the RNN at H = 32 8% slower.
+        # W_ih is packed for threads, for the projection inside the one-sequence loop,
+        # and for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the
+        # same product there (it packs both operands every call; one-thread inference,
+        # LSTM 100x16x256: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1
+        # leaves it to BLAS: half-empty panels made the RNN at H = 32 8% slower.
         L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1)
         if npack and not L.pack_ih:
             npack -= sizes[3]
