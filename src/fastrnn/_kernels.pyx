@@ -118,12 +118,12 @@ THREAD_CALL_WORK = 1 << 21
 # ended less than about 0.6 ms ago, or one on one thread woke them), else it runs on one
 # thread and wakes them for the next call. Its threads meet often (the units split: at
 # every step), and a worker, or its virtual CPU, that has to wake up first costs more
-# than the call gains: on this VM, calls 50 ms apart (T=100, H=128) took a median of
-# 1.2 ms (RNN) and 1.8 ms (LSTM) on two threads against 0.47 and 0.94 on one; back to back, two threads stay the faster. Calls
-# of B1_WARM_WORK multiply-adds or more (T=100: LSTM and GRU from H=256, RNN from 512)
-# take threads either way: in the bench command, where they follow the peers' calls, an
-# RNN at H=512 that woke the workers ran 2.1 ms against 0.9-1.1 (the worker it woke spun
-# on its CPU while the call ran).
+# than the call gains: on this VM, calls 50 ms apart (T=100, H=128) took a median of 1.2
+# ms (RNN) and 1.8 ms (LSTM) on two threads against 0.47 and 0.94 on one; back to back,
+# two threads stay the faster. Calls of B1_WARM_WORK multiply-adds or more (T=100: LSTM
+# and GRU from H=256, RNN from 512) take threads either way: in the bench command, where
+# they follow the peers' calls, an RNN at H=512 that woke the workers ran 2.1 ms against
+# 0.9-1.1 (the worker it woke spun on its CPU while the call ran).
 B1_WARM_ONLY = True
 B1_WARM_WORK = 1 << 24
 
