@@ -467,7 +467,13 @@ cdef struct FwdLoop:
     Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
     const Py_ssize_t *bs
     const Py_ssize_t *off
-    const Py_ssize_t *seqs  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    Py_ssize_t seqs[FR_MAX_THREADS_1]  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    # rows, batch, gate rows, packed floats (of which W_ih's), scratch, the given biases:
+    # for the entry points (_fwd_prepare, _fwd_plan, _fwd_release)
+    Py_ssize_t N, B, GH, npack, npack_ih
+    void *scratch
+    const void *pbih
+    const void *pbhh
     void *px
     void *pwih
     void *pwhh
@@ -808,7 +814,10 @@ cdef struct BwdLoop:
     Py_ssize_t T, N, inputs, H, Hout, P, SH, SD
     const Py_ssize_t *bs
     const Py_ssize_t *off
-    const Py_ssize_t *seqs  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    Py_ssize_t seqs[FR_MAX_THREADS_1]  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    # batch, gate rows, packed floats (of which W_ih's), scratch: for the entry points
+    Py_ssize_t B, GH, npack, npack_ih
+    void *scratch
     void *px
     void *ph0
     void *pc0
@@ -1085,33 +1094,42 @@ cdef extern from "Python.h":
     int PyTraceMalloc_Untrack(unsigned int domain, size_t ptr) nogil
 
 # Scratch is allocated in C, and reported to tracemalloc (as NumPy reports its arrays) so
-# that a traced peak counts it. One workspace, as large as the largest call has needed, is
+# that a traced peak counts it. A workspace as large as the largest call has needed is
 # kept between calls for the next forward or backward: allocating it afresh costs page
 # faults and the kernel's zeroing of every page, about 8% of a large training step and
-# 3.5% of a large inference (LSTM 50x64x1024: 32 MB of packed weights a call).
-# release_workspace() frees it.
+# 3.5% of a large inference (LSTM 50x64x1024: 32 MB of packed weights a call). Two are
+# kept: the two directions of a layer that run at once (forward_both) take one each.
+# release_workspace() frees them.
+cdef enum:
+    KEPT_SLOTS = 2
 cdef unsigned int _TRACE_DOMAIN = 0x46524E4E  # "FRNN"
-cdef void *_kept = NULL
-cdef size_t _kept_size = 0
-cdef bint _kept_busy = False
+cdef void *_kept[KEPT_SLOTS]
+cdef size_t _kept_size[KEPT_SLOTS]
+cdef bint _kept_busy[KEPT_SLOTS]
+memset(_kept, 0, sizeof(_kept))
+memset(_kept_size, 0, sizeof(_kept_size))
+memset(_kept_busy, 0, sizeof(_kept_busy))
 
 
 cdef void *_scratch(size_t nbytes) except NULL:
-    """nbytes of scratch (GIL held): the kept workspace, grown if need be, unless another
-    call is using it (a thread of the caller's), then fresh memory."""
-    global _kept, _kept_size, _kept_busy
+    """nbytes of scratch (GIL held): a kept workspace, grown if need be, unless other
+    calls (the other direction of a pair, a thread of the caller's) use them all, then
+    fresh memory."""
     cdef void *p
+    cdef int k
     nbytes = max(1, nbytes)  # never NULL: that is this function's error value
-    if not _kept_busy:
-        if _kept_size < nbytes:
-            _release_kept()
-            _kept = _alloc_lines(nbytes)
-            if _kept == NULL:
+    for k in range(KEPT_SLOTS):
+        if _kept_busy[k]:
+            continue
+        if _kept_size[k] < nbytes:
+            _release_kept(k)
+            _kept[k] = _alloc_lines(nbytes)
+            if _kept[k] == NULL:
                 raise MemoryError()
-            _kept_size = nbytes
-            PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> _kept, nbytes)
-        _kept_busy = True
-        return _kept
+            _kept_size[k] = nbytes
+            PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> _kept[k], nbytes)
+        _kept_busy[k] = True
+        return _kept[k]
     p = _alloc_lines(nbytes)
     if p == NULL:
         raise MemoryError()
@@ -1129,36 +1147,42 @@ cdef void *_alloc_lines(size_t nbytes) noexcept:
 
 
 cdef void _scratch_free(void *p):
-    global _kept_busy
+    cdef int k
     if p == NULL:
         return
-    if p == _kept:
-        _kept_busy = False
-        return
+    for k in range(KEPT_SLOTS):
+        if p == _kept[k]:
+            _kept_busy[k] = False
+            return
     PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> p)
     free(p)
 
 
-cdef void _release_kept():
-    global _kept, _kept_size
-    if _kept != NULL:
-        PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> _kept)
-        free(_kept)
-    _kept = NULL
-    _kept_size = 0
+cdef void _release_kept(int k):
+    if _kept[k] != NULL:
+        PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> _kept[k])
+        free(_kept[k])
+    _kept[k] = NULL
+    _kept_size[k] = 0
 
 
 def release_workspace():
-    """Free the workspace kept for the next call (unless a call is using it) and the
+    """Free the workspaces kept for the next call (but one a call is using) and the
     cached blocks of dead output arrays."""
-    if not _kept_busy:
-        _release_kept()
+    cdef int k
+    for k in range(KEPT_SLOTS):
+        if not _kept_busy[k]:
+            _release_kept(k)
     _cache_clear()
 
 
 def workspace_bytes():
-    """Bytes kept for later calls: the workspace and cached output blocks."""
-    return _kept_size + _cache_total
+    """Bytes kept for later calls: the workspaces and cached output blocks."""
+    cdef size_t total = _cache_total
+    cdef int k
+    for k in range(KEPT_SLOTS):
+        total += _kept_size[k]
+    return total
 
 
 cdef Py_ssize_t _dim(object a, int i):
@@ -1395,22 +1419,20 @@ def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_si
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
-                     x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    global _last_threads, _last_split, _last_path
+cdef object _fwd_prepare(floating kind, FwdLoop *L, int mode, bint reset_after, bint reverse,
+                         bint training, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0,
+                         c0):
+    """Check one direction's arrays, allocate its outputs and fill in what of L does not
+    depend on the thread count (L.split and L.upfront as one call alone would choose
+    them); _fwd_plan does the rest. Returns (out, h, c, gates, cs, ms). L.off is malloc'ed
+    (_fwd_release frees it, also after an error)."""
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
     cdef Py_ssize_t P = d.proj, Hout = d.hout, B = d.batch
-    cdef const floating *px = <const floating *> cnp.PyArray_DATA(x)
-    cdef const floating *pwih = <const floating *> cnp.PyArray_DATA(w_ih)
-    cdef const floating *pwhh = <const floating *> cnp.PyArray_DATA(w_hh)
-    cdef const floating *pwhr = NULL
-    if w_hr is not None:
-        pwhr = <const floating *> cnp.PyArray_DATA(w_hr)
-    cdef const floating *pbih = <const floating *> _opt(b_ih, tn, 1, GH, -1, "b_ih")
-    cdef const floating *pbhh = <const floating *> _opt(b_hh, tn, 1, GH, -1, "b_hh")
-    if (pbih == NULL) != (pbhh == NULL):
+    L.pbih = _opt(b_ih, tn, 1, GH, -1, "b_ih")
+    L.pbhh = _opt(b_hh, tn, 1, GH, -1, "b_hh")
+    if (L.pbih == NULL) != (L.pbhh == NULL):
         raise ValueError("b_ih and b_hh must be both given or both None")
     cdef bint lstm = mode == LSTM
     if lstm == (c0 is None):
@@ -1418,10 +1440,7 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     _opt(c0, tn, 2, B, H, "c0")
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
     cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
-    cdef Py_ssize_t SH = S * H, chunk, j, nscratch, gx_at, rest_at
-    cdef bint gather
-    cdef floating *pb
-    cdef floating *pbhn
+    L.off = _offsets(batch_sizes, N, B)
 
     # outputs and saved activations
     cdef cnp.ndarray out = _new(tn, N, Hout, False)
@@ -1429,124 +1448,154 @@ cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bi
     cdef cnp.ndarray c = _copy(c0) if lstm else None
     cdef cnp.ndarray gates = None, cs = None, ms = None
     if training:
-        gates = out if S == 1 else _new(tn, N, SH, False)
+        gates = out if S == 1 else _new(tn, N, S * H, False)
         cs = _new(tn, N, H, False) if lstm else None
         ms = _new(tn, N, H, False) if P else None
-        chunk = N
-    else:
-        chunk = 0  # below, once the thread count is known
 
-    # scratch: fused bias, b_hn, per-step projection, packed weights, inference buffers
-    # (per thread: the projection of a chunk and, with threads, its gathered inputs)
     cdef Py_ssize_t sizes[4]
-    cdef Py_ssize_t npack = (_packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
-                             if use_packed(floating is float, B, GH, Hout) else 0)
-    cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
-    cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
-    cdef floating *scratch = NULL
-    cdef int nth = 1
-    cdef FwdLoop L
-    cdef fr_task_fn task
-    cdef bint split = _split_units(B, npack, P, H, mode, reset_after, GH * Hout)
-    cdef bint upfront = (not training and not split and B == 1
-                         and N * SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
-    cdef bint in_out
-    cdef long slept = fr_slept_waits
-    cdef int held = 0
-    try:
-        nth = _begin(N, B, GH, I + Hout, training or split or upfront, &held)
-        _last_threads = nth
-        split = split and nth > 1
-        L.split = split
-        L.upfront = upfront
-        _last_split = split
-        gather = nth > 1 and npack == 0 and not upfront
-        if upfront:
-            chunk = N  # nth shares of it: room for the projection of every row
-        elif not training:
-            # a chunk row costs SH floats of projection, and I more of gathered input
-            # when threads gather their rows (BLAS projections; the packed kernel
-            # projects each step's rows in place)
-            chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
-                CHUNK_SHARE_OF_OUTPUT * (SH + (I if gather else 0)))))
-        # threads on the packed kernel project one step at a time: a chunk of their widest
-        # step's rows is all the room they need; the units split projects a chunk of
-        # steps, each thread its own columns of the nth shares of rows (forward_units)
-        chunk = _split_sequences(<const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), T, B, N,
-                                 nth, seqs, 0 if (nth > 1 and not gather and not split
-                                                  and not upfront) else chunk)
-        # one sequence on the packed kernel, not split: the loop of _seq1.h, which on one
-        # thread with a W_ih small enough for the L1 cache projects each step's inputs
-        L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
-                  and not (mode == GRU and not reset_after) and (training or upfront))
-        L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS
-        _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
-                      else "one sequence" if L.seq1 else "batch")
-        # W_ih is packed for threads, for the projection inside the one-sequence loop,
-        # and for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the
-        # same product there (it packs both operands every call; one-thread inference,
-        # LSTM 100x16x256: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1
-        # leaves it to BLAS: half-empty panels made the RNN at H = 32 8% slower.
-        L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1)
-        if npack and not L.pack_ih:
-            npack -= sizes[3]
-        # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
-        # the inference chunk (or the LSTM projection's m)
-        gx_at = GH + H + B * GH + npack
-        rest_at = gx_at + (2 * SH if L.fuse else 0)
-        nscratch = rest_at
-        # the vanilla RNN's projection, when all rows are projected at once, goes straight
-        # into out, where each step's tanh overwrites it in place
-        in_out = S == 1 and (training or upfront)
-        if not training:
-            nscratch += (0 if (in_out or L.fuse) else nth * chunk * SH) + (B * H if P else 0)
-            if gather:
-                nscratch += nth * chunk * I
-        scratch = <floating *> _scratch(nscratch * sizeof(floating))
-        L.pb = scratch
-        L.pbhn = scratch + GH
-        L.pgh = scratch + GH + H
-        L.ppk = (scratch + GH + H + B * GH) if npack else NULL
-        L.pgx = <void *> (scratch + gx_at)
-        L.pgates = (cnp.PyArray_DATA(gates) if training else NULL if L.fuse
-                    else cnp.PyArray_DATA(out) if in_out else <void *> (scratch + rest_at))
-        L.pxg = NULL
-        L.pms = NULL
-        if P:
-            L.pms = (cnp.PyArray_DATA(ms) if training
-                     else <void *> (<floating *> L.pgates + nth * chunk * SH))
-        if not training and gather:
-            L.pxg = <void *> (<floating *> L.pgates + nth * chunk * SH + (B * H if P else 0))
-        # b_ih + b_hh, but the reset-after GRU keeps b_hn apart: r multiplies W_hn h + b_hn
-        pb = <floating *> L.pb
-        pbhn = <floating *> L.pbhn
-        for j in range(GH):
-            pb[j] = (pbih[j] + pbhh[j]) if pbih != NULL else 0
+    L.npack = (_packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
+               if use_packed(floating is float, B, GH, Hout) else 0)
+    L.npack_ih = sizes[3] if L.npack else 0
+    L.split = _split_units(B, L.npack, P, H, mode, reset_after, GH * Hout)
+    L.upfront = (not training and not L.split and B == 1
+                 and N * S * H * sizeof(floating) <= UPFRONT_MAX_BYTES)
+    L.mode, L.reset_after, L.reverse, L.training = mode, reset_after, reverse, training
+    L.N, L.B, L.GH = N, B, GH
+    L.T, L.inputs, L.H, L.Hout, L.P, L.SH = T, I, H, Hout, P, S * H
+    L.bs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
+    L.px, L.pwih, L.pwhh = cnp.PyArray_DATA(x), cnp.PyArray_DATA(w_ih), cnp.PyArray_DATA(w_hh)
+    L.pwhr = cnp.PyArray_DATA(w_hr) if w_hr is not None else NULL
+    L.ph = cnp.PyArray_DATA(h)
+    L.pc = cnp.PyArray_DATA(c) if lstm else NULL
+    L.pout = cnp.PyArray_DATA(out)
+    L.pcs = cnp.PyArray_DATA(cs) if (training and lstm) else NULL
+    L.pgates = cnp.PyArray_DATA(gates) if training else NULL
+    L.pms = cnp.PyArray_DATA(ms) if (training and P) else NULL
+    return out, h, c, gates, cs, ms
+
+
+cdef int _fwd_plan(floating kind, FwdLoop *L, int nth) except -1:
+    """The part of a prepared forward that depends on its nth threads: the units split,
+    the inference chunk, the sequences of each thread, the loop, and the scratch."""
+    global _last_threads, _last_split, _last_path
+    cdef Py_ssize_t N = L.N, I = L.inputs, GH = L.GH, H = L.H, P = L.P, B = L.B
+    cdef Py_ssize_t SH = L.SH, Hout = L.Hout, npack = L.npack, chunk, j, nscratch
+    cdef Py_ssize_t gx_at, rest_at
+    cdef bint training = L.training, upfront = L.upfront, gather, in_out
+    cdef bint split = L.split and nth > 1
+    cdef floating *scratch
+    cdef floating *pb
+    cdef floating *pbhn
+    cdef const floating *pbih = <const floating *> L.pbih
+    cdef const floating *pbhh = <const floating *> L.pbhh
+    _last_threads = nth
+    L.split = split
+    _last_split = split
+    gather = nth > 1 and npack == 0 and not upfront
+    if training or upfront:
+        chunk = N  # upfront: nth shares of it, room for the projection of every row
+    else:
+        # a chunk row costs SH floats of projection, and I more of gathered input
+        # when threads gather their rows (BLAS projections; the packed kernel
+        # projects each step's rows in place)
+        chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
+            CHUNK_SHARE_OF_OUTPUT * (SH + (I if gather else 0)))))
+    # threads on the packed kernel project one step at a time: a chunk of their widest
+    # step's rows is all the room they need; the units split projects a chunk of
+    # steps, each thread its own columns of the nth shares of rows (forward_units)
+    chunk = _split_sequences(L.bs, L.T, B, N, nth, L.seqs,
+                             0 if (nth > 1 and not gather and not split and not upfront)
+                             else chunk)
+    # one sequence on the packed kernel, not split: the loop of _seq1.h, which on one
+    # thread with a W_ih small enough for the L1 cache projects each step's inputs
+    L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
+              and not (L.mode == GRU and not L.reset_after) and (training or upfront))
+    L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS
+    _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
+                  else "one sequence" if L.seq1 else "batch")
+    # W_ih is packed for threads, for the projection inside the one-sequence loop,
+    # and for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the
+    # same product there (it packs both operands every call; one-thread inference,
+    # LSTM 100x16x256: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1
+    # leaves it to BLAS: half-empty panels made the RNN at H = 32 8% slower.
+    L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1)
+    if npack and not L.pack_ih:
+        npack -= L.npack_ih
+    # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
+    # the inference chunk (or the LSTM projection's m)
+    gx_at = GH + H + B * GH + npack
+    rest_at = gx_at + (2 * SH if L.fuse else 0)
+    nscratch = rest_at
+    # the vanilla RNN's projection, when all rows are projected at once, goes straight
+    # into out, where each step's tanh overwrites it in place
+    in_out = SH == H and (training or upfront)
+    if not training:
+        nscratch += (0 if (in_out or L.fuse) else nth * chunk * SH) + (B * H if P else 0)
+        if gather:
+            nscratch += nth * chunk * I
+    scratch = <floating *> _scratch(nscratch * sizeof(floating))
+    L.scratch = scratch
+    L.chunk_rows = chunk
+    L.pb = scratch
+    L.pbhn = scratch + GH
+    L.pgh = scratch + GH + H
+    L.ppk = (scratch + GH + H + B * GH) if npack else NULL
+    L.pgx = <void *> (scratch + gx_at)
+    if not training:
+        L.pgates = (NULL if L.fuse else L.pout if in_out else <void *> (scratch + rest_at))
+    L.pxg = NULL
+    if P and not training:
+        L.pms = <void *> (<floating *> L.pgates + nth * chunk * SH)
+    if not training and gather:
+        L.pxg = <void *> (<floating *> L.pgates + nth * chunk * SH + (B * H if P else 0))
+    # b_ih + b_hh, but the reset-after GRU keeps b_hn apart: r multiplies W_hn h + b_hn
+    pb = <floating *> L.pb
+    pbhn = <floating *> L.pbhn
+    for j in range(GH):
+        pb[j] = (pbih[j] + pbhh[j]) if pbih != NULL else 0
+    for j in range(H):
+        pbhn[j] = 0
+    if pbih != NULL and L.mode == GRU and L.reset_after:
         for j in range(H):
-            pbhn[j] = 0
-        if pbih != NULL and mode == GRU and reset_after:
-            for j in range(H):
-                pb[2 * H + j] = pbih[2 * H + j]
-                pbhn[j] = pbhh[2 * H + j]
-        L.mode, L.reset_after, L.reverse, L.training = mode, reset_after, reverse, training
-        L.T, L.inputs, L.H, L.Hout, L.P, L.SH, L.chunk_rows = T, I, H, Hout, P, SH, chunk
-        L.bs, L.off, L.seqs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes), off, seqs
-        L.px, L.pwih, L.pwhh, L.pwhr = <void *> px, <void *> pwih, <void *> pwhh, <void *> pwhr
-        L.ph = cnp.PyArray_DATA(h)
-        L.pc = cnp.PyArray_DATA(c) if lstm else NULL
-        L.pout = cnp.PyArray_DATA(out)
-        L.pcs = cnp.PyArray_DATA(cs) if (training and lstm) else NULL
-        task = forward_task_f if floating is float else forward_task_d
+            pb[2 * H + j] = pbih[2 * H + j]
+            pbhn[j] = pbhh[2 * H + j]
+    return 0
+
+
+cdef void _fwd_release(FwdLoop *L):
+    _scratch_free(L.scratch)
+    free(<void *> L.off)
+    L.scratch = NULL
+    L.off = NULL
+
+
+cdef object _fwd_result(bint training, tuple prepared):
+    out, h, c, gates, cs, ms = prepared
+    saved = ((gates if gates is not out else None), cs, ms) if training else None
+    return out, h, c, saved
+
+
+cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
+                     x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    cdef FwdLoop L
+    memset(&L, 0, sizeof(L))
+    cdef long slept = fr_slept_waits
+    cdef int held = 0, nth
+    cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
+    try:
+        prepared = _fwd_prepare(kind, &L, mode, reset_after, reverse, training, x,
+                                batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+        nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, training or L.split or L.upfront,
+                     &held)
+        _fwd_plan(kind, &L, nth)
         with nogil:
             fr_pool_run(task, &L, nth)
-        if split:
-            _note_split_waits(fr_slept_waits - slept, T)
+        if L.split:
+            _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
         fr_pool_end(held)
-        _scratch_free(scratch)
-        free(off)
-    saved = ((gates if S > 1 else None), cs, ms) if training else None
-    return out, h, c, saved
+        _fwd_release(&L)
+    return _fwd_result(training, prepared)
 
 
 def backward(int mode, bint reset_after, bint reverse, x, batch_sizes, h0, c0, w_ih, w_hh,
@@ -1567,43 +1616,38 @@ def backward(int mode, bint reset_after, bint reverse, x, batch_sizes, h0, c0, w
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x,
-                      batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
-                      dh_n, dc_n, dh_seq):
-    global _last_threads, _last_split
+cdef object _bwd_prepare(floating kind, BwdLoop *L, int mode, bint reset_after,
+                         bint reverse, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates,
+                         cs, ms, dout, dh_n, dc_n, dh_seq):
+    """Check one direction's arrays, allocate its gradients and fill in what of L does not
+    depend on the thread count (L.split as one call alone would choose it); _bwd_plan
+    does the rest. Returns (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr). L.off is
+    malloc'ed (_bwd_release frees it, also after an error)."""
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     cdef bint lstm = mode == LSTM
     cdef bint gru_after = mode == GRU and reset_after
     cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
     cdef Py_ssize_t P = d.proj, Hout = d.hout, B = d.batch
-    cdef const floating *px = <const floating *> cnp.PyArray_DATA(x)
-    cdef const floating *pwih = <const floating *> cnp.PyArray_DATA(w_ih)
-    cdef const floating *pwhh = <const floating *> cnp.PyArray_DATA(w_hh)
-    cdef const floating *pwhr = NULL
-    if w_hr is not None:
-        pwhr = <const floating *> cnp.PyArray_DATA(w_hr)
-    cdef const floating *ph0 = <const floating *> cnp.PyArray_DATA(h0)
     if lstm == (c0 is None) or lstm == (dc_n is None) or lstm == (cs is None):
         raise ValueError("c0, dc_n and cs are needed for LSTM and only for LSTM")
     cdef bint rnn = mode == RNN_TANH or mode == RNN_RELU
     if (ms is not None) != (P > 0) or (gates is not None) == rnn:
         raise ValueError("saved activations do not match the cell")
     cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
-    cdef Py_ssize_t SH = S * H
-    cdef Py_ssize_t SD = _row_stride(4 * H if gru_after else GH)
-    cdef const floating *pc0 = <const floating *> _opt(c0, tn, 2, B, H, "c0")
-    cdef const floating *pout = <const floating *> _data(out, tn, 2, N, Hout, "out")
-    cdef const floating *pgates = <const floating *> _opt(gates, tn, 2, N, SH, "gates")
-    cdef const floating *pcs = <const floating *> _opt(cs, tn, 2, N, H, "cs")
-    cdef const floating *pms = <const floating *> _opt(ms, tn, 2, N, H, "ms")
-    cdef const floating *pdout = <const floating *> _data(dout, tn, 2, N, Hout, "dout")
+    L.pc0 = _opt(c0, tn, 2, B, H, "c0")
+    L.pout = _data(out, tn, 2, N, Hout, "out")
+    L.pgates = _opt(gates, tn, 2, N, S * H, "gates")
+    L.pcs = _opt(cs, tn, 2, N, H, "cs")
+    L.pms = _opt(ms, tn, 2, N, H, "ms")
+    L.pdout = _data(dout, tn, 2, N, Hout, "dout")
     _data(dh_n, tn, 2, B, Hout, "dh_n")
     _opt(dc_n, tn, 2, B, H, "dc_n")
-    cdef floating *pseq = NULL
+    L.pseq = NULL
     if dh_seq is not None:
-        pseq = <floating *> _data(dh_seq, tn, 2, N, Hout, "dh_seq", writable=True)
+        L.pseq = _data(dh_seq, tn, 2, N, Hout, "dh_seq", writable=True)
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
+    L.off = _offsets(batch_sizes, N, B)
 
     # outputs; the GEMMs after the loop overwrite the weight gradients, unless T == 0
     cdef bint empty = T == 0
@@ -1617,60 +1661,80 @@ cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x
     cdef cnp.ndarray dw_hr = _new(tn, P, H, empty) if P else None
 
     cdef Py_ssize_t sizes[4]
-    cdef Py_ssize_t npack = (_packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
-                             if use_packed(floating is float, B, GH, Hout) else 0)
-    cdef Py_ssize_t nscratch, nbpack = 0
-    cdef Py_ssize_t *off = _offsets(batch_sizes, N, B)
-    cdef floating *scratch = NULL
+    L.npack = (_packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
+               if use_packed(floating is float, B, GH, Hout) else 0)
+    L.npack_ih = sizes[3] if L.npack else 0
+    L.split = _split_units(B, L.npack, P, H, mode, reset_after, GH * Hout)
+    L.mode, L.reset_after, L.reverse = mode, reset_after, reverse
+    L.B, L.GH = B, GH
+    L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH = T, N, I, H, Hout, P, S * H
+    L.SD = _row_stride(4 * H if gru_after else GH)
+    L.bs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
+    L.px, L.ph0 = cnp.PyArray_DATA(x), cnp.PyArray_DATA(h0)
+    L.pwih, L.pwhh = cnp.PyArray_DATA(w_ih), cnp.PyArray_DATA(w_hh)
+    L.pwhr = cnp.PyArray_DATA(w_hr) if w_hr is not None else NULL
+    L.pdh = cnp.PyArray_DATA(dh)
+    L.pdc = cnp.PyArray_DATA(dc) if lstm else NULL
+    L.pdx, L.pdwih = cnp.PyArray_DATA(dx), cnp.PyArray_DATA(dw_ih)
+    L.pdwhh, L.pdbih = cnp.PyArray_DATA(dw_hh), cnp.PyArray_DATA(db_ih)
+    L.pdbhh = cnp.PyArray_DATA(db_hh)
+    L.pdwhr = cnp.PyArray_DATA(dw_hr) if P else NULL
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+cdef int _bwd_plan(floating kind, BwdLoop *L, int nth) except -1:
+    """The part of a prepared backward that depends on its nth threads: the units split,
+    the sequences of each thread, and the scratch."""
+    global _last_threads, _last_split
+    cdef Py_ssize_t N = L.N, SD = L.SD, Hout = L.Hout, P = L.P, npack = L.npack
+    cdef Py_ssize_t nbpack = 0, nscratch
     cdef floating *pdg
-    cdef const Py_ssize_t *pbs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
+    _last_threads = nth
+    L.split = L.split and nth > 1
+    _last_split = L.split
+    _split_sequences(L.bs, L.T, L.B, N, nth, L.seqs, 0)
+    if npack and nth == 1:
+        npack -= L.npack_ih  # W_ih is packed for threaded calls only
+    elif npack:
+        nbpack = fr_packed_size(max(L.inputs, L.H, Hout), FR_KC)
+    nscratch = N * SD + N * Hout + N * P + L.B * L.H + npack + nth * nbpack
+    pdg = <floating *> _scratch(nscratch * sizeof(floating))
+    L.scratch = pdg
+    L.pdg = pdg
+    L.php = pdg + N * SD
+    L.pdhp = pdg + N * SD + N * Hout
+    L.pdm = pdg + N * SD + N * Hout + N * P
+    L.ppk = (pdg + N * SD + N * Hout + N * P + L.B * L.H) if npack else NULL
+    L.pbpack = (pdg + N * SD + N * Hout + N * P + L.B * L.H + npack) if nbpack else NULL
+    L.bpack_floats = nbpack
+    return 0
+
+
+cdef void _bwd_release(BwdLoop *L):
+    _scratch_free(L.scratch)
+    free(<void *> L.off)
+    L.scratch = NULL
+    L.off = NULL
+
+
+cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x,
+                      batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
+                      dh_n, dc_n, dh_seq):
     cdef BwdLoop L
-    cdef fr_task_fn task
-    cdef long slept
-    cdef int nth = 1, held = 0
-    cdef Py_ssize_t seqs[FR_MAX_THREADS_1]
+    memset(&L, 0, sizeof(L))
+    cdef long slept = fr_slept_waits
+    cdef int held = 0, nth
+    cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
     try:
-        nth = _begin(N, B, GH, I + Hout, True, &held)
-        _last_threads = nth
-        L.split = nth > 1 and _split_units(B, npack, P, H, mode, reset_after, GH * Hout)
-        _last_split = L.split
-        _split_sequences(pbs, T, B, N, nth, seqs, 0)
-        if npack and nth == 1:
-            npack -= sizes[3]  # W_ih is packed for threaded calls only
-        elif npack:
-            nbpack = fr_packed_size(max(I, H, Hout), FR_KC)
-        nscratch = N * SD + N * Hout + N * P + B * H + npack + nth * nbpack
-        scratch = <floating *> _scratch(nscratch * sizeof(floating))
-        pdg = scratch
-        L.pdg = pdg
-        L.php = pdg + N * SD
-        L.pdhp = pdg + N * SD + N * Hout
-        L.pdm = pdg + N * SD + N * Hout + N * P
-        L.ppk = (pdg + N * SD + N * Hout + N * P + B * H) if npack else NULL
-        L.pbpack = (pdg + N * SD + N * Hout + N * P + B * H + npack) if nbpack else NULL
-        L.bpack_floats = nbpack
-        L.mode, L.reset_after, L.reverse = mode, reset_after, reverse
-        L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH, L.SD = T, N, I, H, Hout, P, SH, SD
-        L.bs, L.off, L.seqs = pbs, off, seqs
-        L.px, L.ph0, L.pc0 = <void *> px, <void *> ph0, <void *> pc0
-        L.pwih, L.pwhh, L.pwhr = <void *> pwih, <void *> pwhh, <void *> pwhr
-        L.pout, L.pgates, L.pcs = <void *> pout, <void *> pgates, <void *> pcs
-        L.pms, L.pdout = <void *> pms, <void *> pdout
-        L.pdh = cnp.PyArray_DATA(dh)
-        L.pdc = cnp.PyArray_DATA(dc) if lstm else NULL
-        L.pseq = pseq
-        L.pdx, L.pdwih = cnp.PyArray_DATA(dx), cnp.PyArray_DATA(dw_ih)
-        L.pdwhh, L.pdbih = cnp.PyArray_DATA(dw_hh), cnp.PyArray_DATA(db_ih)
-        L.pdbhh = cnp.PyArray_DATA(db_hh)
-        L.pdwhr = cnp.PyArray_DATA(dw_hr) if P else NULL
-        task = backward_task_f if floating is float else backward_task_d
-        slept = fr_slept_waits
+        grads = _bwd_prepare(kind, &L, mode, reset_after, reverse, x, batch_sizes, h0, c0,
+                             w_ih, w_hh, w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
+        nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
+        _bwd_plan(kind, &L, nth)
         with nogil:
             fr_pool_run(task, &L, nth)
         if L.split:
-            _note_split_waits(fr_slept_waits - slept, T)
+            _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
         fr_pool_end(held)
-        _scratch_free(scratch)
-        free(off)
-    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+        _bwd_release(&L)
+    return grads
