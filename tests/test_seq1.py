@@ -28,16 +28,16 @@ SEQ1_CELLS = ("tanh", "relu", "lstm", "gru")
 
 @pytest.fixture
 def paths(monkeypatch):
-    """A list that receives the loop (_kernels.last_forward_path()) of each forward call."""
+    """A list that receives the loop (_kernels.last_forward_path()) of each forward call,
+    each direction's of forward_both (both directions take the same loop)."""
     seen = []
-    forward = _kernels.forward
+    for name, directions in (("forward", 1), ("forward_both", 2)):
+        def recording(*args, _fn=getattr(_kernels, name), _directions=directions):
+            res = _fn(*args)
+            seen.extend([_kernels.last_forward_path()] * _directions)
+            return res
 
-    def recording(*args):
-        res = forward(*args)
-        seen.append(_kernels.last_forward_path())
-        return res
-
-    monkeypatch.setattr(_kernels, "forward", recording)
+        monkeypatch.setattr(_kernels, name, recording)
     return seen
 
 
@@ -74,10 +74,12 @@ def test_one_sequence_on_one_thread_agrees_with_the_reference(cell, I, H, inside
 
 @pytest.mark.parametrize("cell", SEQ1_CELLS)
 def test_one_sequence_on_two_threads_agrees_with_one(cell, monkeypatch, paths):
-    """Two threads project the inputs, then one runs the loop; the same results."""
+    """Two threads project the inputs, then one runs the loop; the same results. (Each
+    direction on its own: not the two at once, one a thread.)"""
     _packed_kernel()
     _need_threads()
     monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
+    monkeypatch.setattr(_kernels, "PAIR_DIRECTIONS", False)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     kind, extra = CELLS[cell]
     data = _data(kind, extra, 30, 1, 1, True, seed=6, I=24, H=40)

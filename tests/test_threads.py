@@ -66,15 +66,17 @@ def force_threads(monkeypatch):
 
 @pytest.fixture
 def kernel_threads(monkeypatch):
-    """A list that receives (entry point, threads, units split) after each kernel call."""
+    """A list that receives (entry point, threads, units split) after each kernel call,
+    once for each direction of forward_both and backward_both."""
     record = []
-    for name in ("forward", "backward"):
+    for name in ("forward", "backward", "forward_both", "backward_both"):
         fn = getattr(_kernels, name)
+        directions = 2 if name.endswith("_both") else 1
 
-        def wrapped(*args, _fn=fn, _name=name):
+        def wrapped(*args, _fn=fn, _name=name.replace("_both", ""), _directions=directions):
             res = _fn(*args)
-            record.append((_name, _kernels.last_call_threads(),
-                           _kernels.last_call_split_units()))
+            record.extend([(_name, _kernels.last_call_threads(),
+                            _kernels.last_call_split_units())] * _directions)
             return res
 
         monkeypatch.setattr(_kernels, name, wrapped)
@@ -246,9 +248,11 @@ def test_batch_of_one_threads_only_its_merged_gemms(force_threads, kernel_thread
     """B = 1 (H not split by units): threads take the GEMMs over all steps: inference's
     input projection, done before the steps while it fits in UPFRONT_MAX_BYTES (else
     inference runs on one thread), the training forward's and the backward's; the
-    results agree with one thread and with the reference."""
+    results agree with one thread and with the reference. (Each direction on its own: not
+    the two at once, one a thread.)"""
     _need_threads()
     monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
+    monkeypatch.setattr(_kernels, "PAIR_DIRECTIONS", False)
     monkeypatch.setattr(_kernels, "UPFRONT_MAX_BYTES", upfront_bytes)
     inference = 2 if upfront_bytes else 1
     for cell, (kind, extra) in CELLS.items():
@@ -279,9 +283,10 @@ def test_batch_of_one_splits_its_units_between_threads(monkeypatch, kernel_threa
     panels, as many each: H a multiple of 128), inference, training forward and backward,
     both directions, two layers; the cells it does not cover (projection, reset-before
     GRU) and other H keep the other paths. Every result agrees with one thread and with
-    the reference."""
+    the reference. (Each direction on its own: not the two at once, one a thread.)"""
     _need_threads()
     monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
+    monkeypatch.setattr(_kernels, "PAIR_DIRECTIONS", False)
     monkeypatch.setattr(_kernels, "SPLIT_UNITS_WORK", 0)
     monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)
     # the reference's NumPy products leave BLAS threads spinning, which can make the split

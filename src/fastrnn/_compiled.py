@@ -24,13 +24,38 @@ def forward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, reverse: bool,
                             params.get("weight_hr"), h0, c0)
 
 
+def forward_both(spec: CellSpec, params, x, batch_sizes, h0, c0, training: bool):
+    fwd, rev = (
+        (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"),
+         p.get("weight_hr"), h, c)
+        for p, h, c in zip(params, h0, c0)
+    )
+    return list(_kernels.forward_both(_MODES[spec.mode], spec.reset_after, training, x,
+                                      batch_sizes, fwd, rev))
+
+
 def backward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, out, saved, dout,
              dh_n, dc_n, reverse: bool, dh_seq=None):
     gates, cs, ms = saved
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _kernels.backward(
+    return _grads(params, _kernels.backward(
         _MODES[spec.mode], spec.reset_after, reverse, x, batch_sizes, h0, c0,
         params["weight_ih"], params["weight_hh"], params.get("weight_hr"), out, gates, cs,
-        ms, dout, dh_n, dc_n, dh_seq)
+        ms, dout, dh_n, dc_n, dh_seq))
+
+
+def backward_both(spec: CellSpec, x, batch_sizes, args):
+    fwd, rev = (
+        (h0, c0, p["weight_ih"], p["weight_hh"], p.get("weight_hr"), out, *saved, dout, dh_n,
+         dc_n, dh_seq)
+        for p, h0, c0, out, saved, dout, dh_n, dc_n, dh_seq in args
+    )
+    both = _kernels.backward_both(_MODES[spec.mode], spec.reset_after, x, batch_sizes, fwd,
+                                  rev)
+    return [_grads(a[0], r) for a, r in zip(args, both)]
+
+
+def _grads(params: dict, result):
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = result
     grads = {"weight_ih": dw_ih, "weight_hh": dw_hh}
     if params.get("bias_ih") is not None:
         grads["bias_ih"] = db_ih

@@ -18,7 +18,19 @@ Each backend module (``fastrnn.reference`` and ``fastrnn._compiled``) provides::
         -> dx, dh0, dc0, grads
 
 and may provide ``copy(a)``, the copy of a parameter array that a training cache keeps
-(``np.copy`` if not).
+(``np.copy`` if not), and both directions of a bidirectional layer in one call, which
+may run them at once::
+
+    forward_both(spec, params, x, batch_sizes, h0, c0, training)
+        -> [(out, h_n, c_n, saved) forward, (...) reverse]
+        (params, h0, c0: pairs, the forward direction's first)
+
+    backward_both(spec, x, batch_sizes, args)
+        -> [(dx, dh0, dc0, grads) forward, (...) reverse]
+        (args: per direction (params, h0, c0, out, saved, dout, dh_n, dc_n, dh_seq))
+
+each giving what ``forward`` / ``backward`` give for the two directions (the reverse one
+with ``reverse=True``).
 
 Arguments (the caller guarantees all of this; backends do not re-validate):
 

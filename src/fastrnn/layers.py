@@ -713,19 +713,20 @@ class RNNBase:
             spec = self._specs[k]
             outs = []
             dirs = []
-            for d in range(D):
-                i = k * D + d
-                hk = zh if h0 is None else h0[i]
-                ck = None
-                if lstm:
-                    ck = zc if c0 is None else c0[i]
-                w = weights[i]
-                o, hn, cn, saved = be.forward(spec, w, inp, batch_sizes, hk, ck, d == 1, training)
+            ws = weights[k * D:(k + 1) * D]
+            hks = [zh if h0 is None else h0[k * D + d] for d in range(D)]
+            cks = [(zc if c0 is None else c0[k * D + d]) if lstm else None for d in range(D)]
+            if D == 2 and hasattr(be, "forward_both"):
+                results = be.forward_both(spec, ws, inp, batch_sizes, hks, cks, training)
+            else:
+                results = [be.forward(spec, ws[d], inp, batch_sizes, hks[d], cks[d], d == 1,
+                                      training) for d in range(D)]
+            for d, (o, hn, cn, saved) in enumerate(results):
                 outs.append(o)
                 hns.append(hn)
                 cns.append(cn)
                 if training:
-                    dirs.append((w, hk, ck, o, saved))
+                    dirs.append((ws[d], hks[d], cks[d], o, saved))
             lo = outs[0] if D == 1 else np.concatenate(outs, axis=1)
             mask = None
             if p > 0.0 and k < L - 1:
@@ -878,6 +879,7 @@ class RNNBase:
             if lc.mask is not None:
                 g = g * lc.mask
             dx = None
+            args = []
             seqs = []
             for d in range(D):
                 i = k * D + d
@@ -887,15 +889,20 @@ class RNNBase:
                 dck = None
                 if lstm:
                     dck = zc if dc is None else dc[i]
-                seq = np.empty((N, Hout), dtype=dt) if hidden_grads else None
-                dxd, dh0, dc0, gr = be.backward(
-                    spec, w, lc.inp, bs, hk, ck, o, saved, gd, dhk, dck, d == 1, seq
-                )
+                seqs.append(np.empty((N, Hout), dtype=dt) if hidden_grads else None)
+                args.append((w, hk, ck, o, saved, gd, dhk, dck, seqs[d]))
+            if D == 2 and hasattr(be, "backward_both"):
+                results = be.backward_both(spec, lc.inp, bs, args)
+            else:
+                results = [be.backward(spec, w, lc.inp, bs, hk, ck, o, saved, gd, dhk, dck,
+                                       d == 1, seq)
+                           for d, (w, hk, ck, o, saved, gd, dhk, dck, seq) in enumerate(args)]
+            for d, (dxd, dh0, dc0, gr) in enumerate(results):
+                i = k * D + d
                 dx = dxd if dx is None else dx + dxd
                 dh0s[i] = dh0
                 dc0s[i] = dc0
                 grads_kd[i] = gr
-                seqs.append(seq)
             if hidden_grads:
                 hid[k] = self._unpack_hidden(seqs, cache)
             g = dx
