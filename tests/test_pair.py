@@ -1,13 +1,17 @@
-"""The two directions of a bidirectional layer at once (``forward_both``,
-``backward_both``): where a direction alone would run its loop on one thread (a batch of
-one sequence; a call too small for threads) or split the units of a small W_hh, each of
-two threads runs one direction's whole loop.
+"""Two loops at once on two threads: the two directions of a bidirectional layer
+(``forward_both``, ``backward_both``), and the layers of a one-direction stack in
+inference (``forward_stack``), where a direction or layer alone would run its loop on one
+thread (a batch of one sequence; a call too small for threads) or (directions only) split
+the units of a small W_hh.
 
 Checked here: the pair's results equal the two directions run one after the other
 (every cell, both dtypes, inference, training forward and backward with per-step hidden
 gradients, ragged batches), which calls pair and which do not, bidirectional layers
 through the pair against the reference, errors in either direction's arrays, and the two
-workspaces a pair keeps.
+workspaces a pair keeps; a stack's layers, each waiting on the rows of the one below,
+agree with the layers run one after the other and with the reference (every cell, both
+dtypes, 2-4 layers, ragged batches, chunks that do not divide T), which stacks run at
+once, and its errors.
 """
 import numpy as np
 import pytest
@@ -247,3 +251,136 @@ def test_a_pair_keeps_two_workspaces():
     del held, held2
     _kernels.release_workspace()
     assert _kernels.workspace_bytes() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# stacked layers of one direction
+
+
+def _stack_problem(cell, dtype, T, B, I, H, n, lengths=None, seed=0):
+    """x, batch_sizes and per layer forward()'s weights and states (layer k > 0 reads the
+    output of layer k - 1)."""
+    mode, x, bs, dirs = _problem(cell, dtype, T, B, I, H, lengths, seed)
+    P = 5 if cell == "lstm_proj" else 0
+    layers = [dirs[0][0]]
+    for k in range(1, n):
+        _, _, _, more = _problem(cell, dtype, T, B, P or H, H, lengths, seed + k)
+        layers.append(more[0][0])
+    return mode, x, bs, layers
+
+
+# (T, B, I, H, layers, lengths): one sequence, T not a multiple of the chunk; small
+# batches that one call alone runs on one thread, full and ragged
+STACKS = [
+    (21, 1, 7, 13, 2, None),
+    (37, 1, 20, 24, 3, None),
+    (9, 1, 5, 16, 4, None),
+    (10, 3, 7, 13, 2, None),
+    (12, 4, 5, 6, 3, [3, 12, 1, 9]),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_stack_agrees_with_the_layers_one_after_the_other(cell, dtype, monkeypatch):
+    """Each layer's output and final states, from layers that ran at once (each waiting
+    on the rows of the one below, projecting them a chunk at a time), against the same
+    layers run one after the other."""
+    _need_threads()
+    monkeypatch.setattr(_kernels, "STACK_CHUNK_STEPS", 4)  # several chunks, a short last
+    reset_after = CELLS[cell][1].get("reset_after", True)
+    for T, B, I, H, n, lengths in STACKS:
+        what = f"{cell} T={T} B={B} H={H} layers={n} lengths={lengths}"
+        mode, x, bs, layers = _stack_problem(cell, dtype, T, B, I, H, n, lengths, seed=T)
+        got = _kernels.forward_stack(mode, reset_after, x, bs, layers)
+        assert _kernels.last_call_paired(), what
+        inp = x
+        assert len(got) == n, what
+        for k, (w, res) in enumerate(zip(layers, got)):
+            want = _kernels.forward(mode, reset_after, False, False, inp, bs, *w)[:3]
+            for name, a, b in zip(("out", "h_n", "c_n"), res, want):
+                if b is None:
+                    assert a is None, f"{what}: layer {k} {name}"
+                    continue
+                assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: layer {k} {name}"
+                assert_close(a, b, dtype, f"{what}: layer {k} {name}")
+            inp = want[0]
+
+
+def test_which_stacks_run_at_once():
+    """At once where each layer alone would run its loop on one thread; not where one
+    would split its units (a layer alone on one thread takes longer than two split ones),
+    nor a batch that threads share by sequences, nor one layer."""
+    _need_threads()
+    _kernels.resume_split()
+    cases = [
+        ("lstm", 1, 64, 2, True),
+        ("gru", 1, 32, 3, True),
+        ("lstm", 2, 8, 2, True),      # a batch too small for threads
+        ("lstm", 1, 128, 2, False),   # units split
+        ("lstm", 16, 128, 2, False),  # a batch that threads share
+        ("lstm", 1, 64, 1, False),    # one layer
+    ]
+    for cell, B, H, n, at_once in cases:
+        mode, x, bs, layers = _stack_problem(cell, np.float32, 40, B, H, H, n)
+        out = _kernels.forward_stack(mode, True, x, bs, layers)
+        assert _kernels.last_call_paired() == at_once, (cell, B, H, n)
+        assert len(out) == n
+    fastrnn.set_num_threads(1)
+    mode, x, bs, layers = _stack_problem("lstm", np.float32, 40, 1, 64, 64, 2)
+    _kernels.forward_stack(mode, True, x, bs, layers)
+    assert not _kernels.last_call_paired()
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_stacked_layers_run_at_once_and_agree_with_the_reference(cell, monkeypatch):
+    """Inference of three stacked one-direction layers at B = 1 through the layers, with
+    and without initial states: one forward_stack call that runs the layers at once,
+    agreeing with the reference; training forwards keep to one layer at a time."""
+    _need_threads()
+    kind, extra = CELLS[cell]
+    calls = []
+    real = _kernels.forward_stack
+
+    def recording(*args):
+        res = real(*args)
+        calls.append(_kernels.last_call_paired())
+        return res
+
+    monkeypatch.setattr(_kernels, "forward_stack", recording)
+    monkeypatch.setattr(_kernels, "STACK_CHUNK_STEPS", 3)
+    x, hx, _, _ = _data(kind, extra, 17, 1, 3, False, seed=2)
+    ref = _layer(kind, extra, np.float64, "reference", False, 3)
+    layer = _layer(kind, extra, np.float64, "compiled", False, 3)
+    for state in (None, hx):
+        out, hn = layer(x, state)
+        want_out, want_hn = ref(x, state)
+        assert_close(out, want_out, np.float64, f"{cell}: out")
+        for a, b in zip(hn if isinstance(hn, tuple) else (hn,),
+                        want_hn if isinstance(want_hn, tuple) else (want_hn,)):
+            assert_close(a, b, np.float64, f"{cell}: states")
+    assert calls == [True, True], calls
+    layer.forward(x, hx)
+    assert calls == [True, True]
+
+
+def test_stack_errors():
+    """Bad layers raise before anything runs, and leave no workspace busy."""
+    _need_threads()
+    mode, x, bs, layers = _stack_problem("lstm", np.float32, 20, 1, 8, 16, 2)
+    _kernels.release_workspace()
+    with pytest.raises(TypeError, match="non-empty list"):
+        _kernels.forward_stack(mode, True, x, bs, [])
+    with pytest.raises(TypeError, match="non-empty list"):
+        _kernels.forward_stack(mode, True, x, bs, tuple(layers))
+    # the second layer's W_ih must take the first layer's outputs (16 wide), not 8
+    bad = [layers[0], (layers[0][0],) + layers[1][1:]]
+    with pytest.raises(ValueError, match="w_ih"):
+        _kernels.forward_stack(mode, True, x, bs, bad)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _kernels.forward_stack(mode, True, x.astype(np.float16), bs, layers)
+    _kernels.release_workspace()
+    assert _kernels.workspace_bytes() == 0
+    out = _kernels.forward_stack(mode, True, x, bs, layers)
+    assert _kernels.last_call_paired()
+    assert np.isfinite(out[1][0]).all()

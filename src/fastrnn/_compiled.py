@@ -34,6 +34,16 @@ def forward_both(spec: CellSpec, params, x, batch_sizes, h0, c0, training: bool)
                                       batch_sizes, fwd, rev))
 
 
+def forward_stack(specs, params, x, batch_sizes, h0, c0):
+    layers = [
+        (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"),
+         p.get("weight_hr"), h, c)
+        for p, h, c in zip(params, h0, c0)
+    ]
+    return _kernels.forward_stack(_MODES[specs[0].mode], specs[0].reset_after, x,
+                                  batch_sizes, layers)
+
+
 def backward(spec: CellSpec, params: dict, x, batch_sizes, h0, c0, out, saved, dout,
              dh_n, dc_n, reverse: bool, dh_seq=None):
     gates, cs, ms = saved

@@ -33,7 +33,7 @@ import time
 
 cimport numpy as cnp
 from cython cimport floating
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from posix.stdlib cimport posix_memalign
 from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext,
                                PyCapsule_GetPointer, PyCapsule_New, PyCapsule_SetContext)
@@ -67,7 +67,8 @@ cdef extern from "_seq1.h" nogil:
     void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
                          long SH, const float *bias, const float *bhn, float *h, float *c,
                          float *out, float *cs, float *gh, const float *x, long nin,
-                         const float *pk_ih, float *gx)
+                         const float *pk_ih, float *gx, int *progress, int *wait_on,
+                         int *sleepers, long chunk)
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fr_task_fn)(void *ctx, int tid, int nth) noexcept nogil
@@ -80,6 +81,8 @@ cdef extern from "_pool.h" nogil:
     void fr_pool_end(int held)
     void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     void fr_barrier(int tid, int nth)
+    void fr_set_and_wake(int *word, int value, int *sleepers)
+    void fr_wait_at_least(int *word, int value, int *sleepers)
     void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
     void fr_pool_after_fork_child()
     long fr_slept_waits
@@ -474,6 +477,14 @@ cdef struct FwdLoop:
     void *scratch
     const void *pbih
     const void *pbhh
+    # a layer of a stack whose layers run at once (forward_stack): the steps this loop has
+    # done, stored after each step, and the steps of the layer below that its next chunk
+    # of inputs needs (NULL: none); sleepers counts the threads asleep on either
+    int *progress
+    int *wait_on
+    int *sleepers
+    Py_ssize_t wait_steps  # the steps of a chunk that waits on the layer below
+    int projected  # the rows projected up front already (by the threads of a stack)
     void *px
     void *pwih
     void *pwhh
@@ -572,7 +583,6 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
     cdef floating *pk_ih = NULL
-    cdef long lo_row, hi_row
     if ppk != NULL:
         _packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
         pk_hh = pack_weight(tid, nth, ppk, True, 2 * H if gru_before else GH, Hout, pwhh,
@@ -586,21 +596,16 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
-    cdef bint upfront = (training or L.upfront) and not L.fuse
+    # (a one-sequence layer of a stack projects its chunks inside _seq1.h as they come,
+    # and the first layer's rows may be projected already: forward_stack_loop)
+    cdef bint upfront = (training or L.upfront) and not L.fuse and L.wait_on == NULL
     cdef bint in_out = L.pgates == L.pout  # the vanilla RNN's rows projected into out
     cdef bint vec = ppk != NULL  # the packed kernel: AVX-512 here
-    if upfront:
+    if upfront and not L.projected:
         # the input projection of every row at once, the saved gates its output (on
         # threads too: projecting a thread's few rows of each step as it comes reads all
         # of W_ih from memory at every step, 10% slower at T=100, B=16, H=256)
-        fr_split(off[T], 1, tid, nth, &lo_row, &hi_row)
-        if pk_ih != NULL:
-            step_gemm(pk_ih, <int> (hi_row - lo_row), <int> GH, <int> I, px + lo_row * I,
-                      <int> I, True, pwih, <int> I, False, pgates + lo_row * SH, <int> SH)
-        else:
-            gemm(False, True, <int> (hi_row - lo_row), <int> GH, <int> I, <floating> 1,
-                 px + lo_row * I, <int> I, pwih, <int> I, <floating> 0,
-                 pgates + lo_row * SH, <int> SH)
+        project_rows(kind, L, pk_ih, tid, nth)
         sync(tid, nth)
     if L.split:
         forward_units(kind, L, tid, nth, pk_hh, pk_ih)
@@ -613,7 +618,9 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             if lo < hi:
                 fr_seq1_forward(mode, T, H, reverse, pk_hh, pgates, SH, pb, pbhn, ph, pc,
                                 pout, pcs if training else NULL, pgh, px, I,
-                                pk_ih if L.fuse else NULL, <float *> L.pgx)
+                                pk_ih if (L.fuse or L.wait_on != NULL) else NULL,
+                                <float *> L.pgx, L.progress, L.wait_on, L.sleepers,
+                                L.wait_steps)
             return
     cdef bint step_proj = not upfront and pk_ih != NULL and nth > 1
     if step_proj:
@@ -625,6 +632,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         pgates += tid * chunk_rows * SH
         pxg = <floating *> L.pxg + tid * chunk_rows * I
     for s in range(T):
+        if L.progress != NULL:
+            fr_set_and_wake(L.progress, <int> s, L.sleepers)  # steps before s are done
         t = step_time(reverse, T, s)
         r0 = off[t]
         n = min(bs[t], hi) - lo  # this thread's active rows: sequences lo <= b < lo + n
@@ -652,6 +661,9 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                         break
                     rows += j
                     s_end += 1
+                if L.wait_on != NULL:
+                    # the layer below, on another thread, has computed these rows of x
+                    fr_wait_at_least(L.wait_on, <int> s_end, L.sleepers)
                 if pxg == NULL:
                     # one thread: packed W_ih (if packed) or BLAS
                     row_base = off[T - s_end] if reverse else off[s]
@@ -718,6 +730,26 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
                       False, hp, <int> P)
             memcpy(pout + (r0 + lo) * P, hp, n * P * sizeof(floating))
+
+
+cdef void project_rows(floating *kind, FwdLoop *L, floating *pk_ih, int tid,
+                       int nth) noexcept nogil:
+    """Thread tid's share of the input projection of every row into pgates (pk_ih: W_ih
+    packed, or NULL: BLAS)."""
+    cdef Py_ssize_t I = L.inputs, SH = L.SH
+    cdef int GH = <int> L.GH
+    cdef const floating *px = <const floating *> L.px
+    cdef const floating *pwih = <const floating *> L.pwih
+    cdef floating *pgates = <floating *> L.pgates
+    cdef long lo_row, hi_row
+    fr_split(L.N, 1, tid, nth, &lo_row, &hi_row)
+    if pk_ih != NULL:
+        step_gemm(pk_ih, <int> (hi_row - lo_row), GH, <int> I, px + lo_row * I, <int> I,
+                  True, pwih, <int> I, False, pgates + lo_row * SH, <int> SH)
+    else:
+        gemm(False, True, <int> (hi_row - lo_row), GH, <int> I, <floating> 1,
+             px + lo_row * I, <int> I, pwih, <int> I, <floating> 0, pgates + lo_row * SH,
+             <int> SH)
 
 
 cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *pk_hh,
@@ -1097,11 +1129,12 @@ cdef extern from "Python.h":
 # that a traced peak counts it. A workspace as large as the largest call has needed is
 # kept between calls for the next forward or backward: allocating it afresh costs page
 # faults and the kernel's zeroing of every page, about 8% of a large training step and
-# 3.5% of a large inference (LSTM 50x64x1024: 32 MB of packed weights a call). Two are
-# kept: the two directions of a layer that run at once (forward_both) take one each.
+# 3.5% of a large inference (LSTM 50x64x1024: 32 MB of packed weights a call). Four are
+# kept: the two directions of a layer that run at once (forward_both), or the layers of
+# a stack (forward_stack), take one each.
 # release_workspace() frees them.
 cdef enum:
-    KEPT_SLOTS = 2
+    KEPT_SLOTS = 4
 cdef unsigned int _TRACE_DOMAIN = 0x46524E4E  # "FRNN"
 cdef void *_kept[KEPT_SLOTS]
 cdef size_t _kept_size[KEPT_SLOTS]
@@ -1475,9 +1508,12 @@ cdef object _fwd_prepare(floating kind, FwdLoop *L, int mode, bint reset_after, 
     return out, h, c, gates, cs, ms
 
 
-cdef int _fwd_plan(floating kind, FwdLoop *L, int nth) except -1:
+cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0) except -1:
     """The part of a prepared forward that depends on its nth threads: the units split,
-    the inference chunk, the sequences of each thread, the loop, and the scratch."""
+    the inference chunk, the sequences of each thread, the loop, and the scratch. With
+    chunk_steps, an inference on one thread that does not project up front projects
+    chunks of that many steps (a layer of a stack waiting on the one below), with W_ih
+    packed."""
     global _last_threads, _last_split, _last_path
     cdef Py_ssize_t N = L.N, I = L.inputs, GH = L.GH, H = L.H, P = L.P, B = L.B
     cdef Py_ssize_t SH = L.SH, Hout = L.Hout, npack = L.npack, chunk, j, nscratch
@@ -1501,6 +1537,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth) except -1:
         # projects each step's rows in place)
         chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
             CHUNK_SHARE_OF_OUTPUT * (SH + (I if gather else 0)))))
+        if chunk_steps > 0 and nth == 1:
+            chunk = min(N, B * chunk_steps)
     # threads on the packed kernel project one step at a time: a chunk of their widest
     # step's rows is all the room they need; the units split projects a chunk of
     # steps, each thread its own columns of the nth shares of rows (forward_units)
@@ -1511,7 +1549,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth) except -1:
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
               and not (L.mode == GRU and not L.reset_after) and (training or upfront))
-    L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS
+    L.wait_steps = chunk_steps
+    L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS and chunk_steps == 0
     _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
                   else "one sequence" if L.seq1 else "batch")
     # W_ih is packed for threads, for the projection inside the one-sequence loop,
@@ -1519,7 +1558,7 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth) except -1:
     # same product there (it packs both operands every call; one-thread inference,
     # LSTM 100x16x256: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1
     # leaves it to BLAS: half-empty panels made the RNN at H = 32 8% slower.
-    L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1)
+    L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1 or chunk_steps > 0)
     if npack and not L.pack_ih:
         npack -= L.npack_ih
     # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
@@ -1779,19 +1818,18 @@ cdef bint _last_paired = False
 
 
 def last_call_paired():
-    """Whether the latest forward_both or backward_both ran its two directions at once,
-    one on each of two threads."""
+    """Whether the latest forward_both, backward_both or forward_stack ran its two
+    directions (its layers) at once on two threads."""
     return bool(_last_paired)
 
 
 cdef bint _pair_worth(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
-                      Py_ssize_t whh, bint split, bint merged):
-    """Whether two directions of this size run faster at once, one a thread, than one
-    after the other on the threads one call alone would take."""
-    if not PAIR_DIRECTIONS:
-        return False
+                      Py_ssize_t whh, bint split, bint merged, Py_ssize_t split_max):
+    """Whether two loops of this size run faster at once, one a thread, than one after
+    the other on the threads one call alone would take: where that call would run its
+    loop on one thread, or split the units of a W_hh of at most split_max weights."""
     if B == 1:
-        return not split or whh <= PAIR_SPLIT_MAX_WEIGHTS
+        return not split or whh <= split_max
     return _want_threads(N, B, GH, K, merged) == 1
 
 
@@ -1853,8 +1891,10 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
         wi, wh, bi, bh, wr, h0, c0 = rev
         rr = _fwd_prepare(kind, &R, mode, reset_after, True, training, x, batch_sizes, wi,
                           wh, bi, bh, wr, h0, c0)
-        if not _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout, A.GH * A.Hout, A.split,
-                           training or A.split or A.upfront):
+        if not (PAIR_DIRECTIONS and _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout,
+                                                A.GH * A.Hout, A.split,
+                                                training or A.split or A.upfront,
+                                                PAIR_SPLIT_MAX_WEIGHTS)):
             _fwd_run(kind, &A)
             _fwd_release(&A)  # its workspace, for the second
             _fwd_run(kind, &R)
@@ -1933,7 +1973,9 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
         h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = rev
         gr = _bwd_prepare(kind, &R, mode, reset_after, True, x, batch_sizes, h0, c0, wi,
                           wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
-        if not _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout, A.GH * A.Hout, A.split, True):
+        if not (PAIR_DIRECTIONS and _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout,
+                                                A.GH * A.Hout, A.split, True,
+                                                PAIR_SPLIT_MAX_WEIGHTS)):
             _bwd_run(kind, &A)
             _bwd_release(&A)  # its workspace, for the second
             _bwd_run(kind, &R)
@@ -1956,3 +1998,135 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
         _bwd_release(&A)
         _bwd_release(&R)
     return ga, gr
+
+
+# ---------------------------------------------------------------------------------------
+# Stacked layers of one direction at once (inference): thread k runs layers k, k + 2, ...,
+# each layer's loop projecting its inputs a chunk of steps at a time, as soon as the layer
+# below, on the other thread, has computed them; the layers overlap in time, as cuDNN's
+# persistent kernels overlap them on a GPU. Taken where each layer alone would leave a
+# core idle (_pair_worth; not where it would split its units: a layer of LSTM H=128 alone
+# on one thread takes longer than two split layers); a layer then lags the one below by
+# about a chunk.
+
+# Steps of a chunk of a layer that waits on the layer below: a small chunk keeps the lag
+# short; a larger one makes fewer, more efficient products with W_ih.
+STACK_CHUNK_STEPS = 8
+
+# Off: the layers always run one after the other (tests).
+STACK_LAYERS = True
+
+cdef bint _seq1_cell(floating kind, FwdLoop *L):
+    """Whether _seq1.h's loop runs this one-sequence layer on one thread (if up front)."""
+    return (floating is float and L.npack != 0 and L.P == 0
+            and not (L.mode == GRU and not L.reset_after))
+
+
+cdef struct FwdStack:
+    FwdLoop *layers
+    Py_ssize_t n
+
+
+cdef void forward_stack_f(void *ctx, int tid, int nth) noexcept nogil:
+    forward_stack_loop(<float *> NULL, <FwdStack *> ctx, tid, nth)
+
+
+cdef void forward_stack_d(void *ctx, int tid, int nth) noexcept nogil:
+    forward_stack_loop(<double *> NULL, <FwdStack *> ctx, tid, nth)
+
+
+cdef void forward_stack_loop(floating *kind, FwdStack *S, int tid, int nth) noexcept nogil:
+    """Layers tid, tid + nth, ... of the stack, each whole on this thread; a layer tells
+    the one above that all its steps are done whichever loop ran it. The first layer's
+    projection up front (projected) is shared by all threads first: the layers above
+    wait for it anyway."""
+    cdef Py_ssize_t k = tid
+    cdef FwdLoop *L
+    if S.layers[0].projected:
+        project_rows(kind, &S.layers[0], NULL, tid, nth)
+        fr_barrier(tid, nth)
+    while k < S.n:
+        L = &S.layers[k]
+        forward_loop(kind, L, 0, 1)
+        fr_set_and_wake(L.progress, <int> L.T, L.sleepers)
+        k += nth
+
+
+def forward_stack(int mode, bint reset_after, x, batch_sizes, layers):
+    """Inference of stacked layers of one direction: layers is a list of (w_ih, w_hh,
+    b_ih, b_hh, w_hr, h0, c0), the first layer's input x, each next one's the output of
+    the one before. Returns per layer forward()'s (out, h_n, c_n). Where each layer alone
+    would leave a core idle (_pair_worth), two threads run the layers at once."""
+    if not (isinstance(layers, list) and layers
+            and all(isinstance(a, tuple) and len(a) == 7 for a in layers)):
+        raise TypeError("layers must be a non-empty list of tuples "
+                        "(w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)")
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
+        return _forward_stack(<float> 0, mode, reset_after, x, batch_sizes, layers)
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
+        return _forward_stack(<double> 0, mode, reset_after, x, batch_sizes, layers)
+    raise TypeError("x must be a float32 or float64 array")
+
+
+cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_sizes,
+                           list layers):
+    global _last_paired, _last_threads
+    cdef Py_ssize_t n = len(layers), k, work = 0, chunk_steps
+    cdef FwdLoop *Ls = <FwdLoop *> calloc(n, sizeof(FwdLoop))
+    cdef int *counters = <int *> calloc(n + 1, sizeof(int))  # progress per layer, sleepers
+    cdef FwdStack stack
+    cdef int held = 0, nth = 1
+    cdef bint worth = True
+    cdef fr_task_fn task = forward_stack_f if floating is float else forward_stack_d
+    if Ls == NULL or counters == NULL:
+        free(Ls)
+        free(counters)
+        raise MemoryError()
+    _last_paired = False
+    results = []
+    try:
+        inp = x
+        for k in range(n):
+            wi, wh, bi, bh, wr, h0, c0 = layers[k]
+            prepared = _fwd_prepare(kind, &Ls[k], mode, reset_after, False, False, inp,
+                                    batch_sizes, wi, wh, bi, bh, wr, h0, c0)
+            results.append(prepared[:3])
+            inp = prepared[0]
+            worth = worth and _pair_worth(Ls[k].N, Ls[k].B, Ls[k].GH,
+                                          Ls[k].inputs + Ls[k].Hout, Ls[k].GH * Ls[k].Hout,
+                                          Ls[k].split, Ls[k].split or Ls[k].upfront, 0)
+            work = max(work, Ls[k].N * Ls[k].GH * (Ls[k].inputs + Ls[k].Hout))
+        if n == 1 or not worth or not STACK_LAYERS:
+            for k in range(n):
+                _fwd_run(kind, &Ls[k])
+                _fwd_release(&Ls[k])  # its workspace, for the next
+            return results
+        nth = _begin_pair(work, &held)
+        for k in range(n):
+            Ls[k].progress = &counters[k]
+            Ls[k].wait_on = &counters[k - 1] if k > 0 else NULL
+            Ls[k].sleepers = &counters[n]
+            Ls[k].split = False
+            # each layer alone on its thread, as in forward_both; those above the first
+            # wait on the layer below a chunk at a time: one sequence in the loop of
+            # _seq1.h (room to project every row, as up front), else in forward_loop
+            Ls[k].upfront = (Ls[k].B == 1
+                             and Ls[k].N * Ls[k].SH * sizeof(floating) <= UPFRONT_MAX_BYTES
+                             and (k == 0 or _seq1_cell(kind, &Ls[k])))
+            chunk_steps = 0 if k == 0 else STACK_CHUNK_STEPS
+            _fwd_plan(kind, &Ls[k], 1, chunk_steps)
+        # one sequence on one thread leaves W_ih to BLAS (not packed): the threads share
+        # its product now
+        Ls[0].projected = nth >= 2 and Ls[0].upfront and not Ls[0].fuse and not Ls[0].pack_ih
+        stack.layers, stack.n = Ls, n
+        with nogil:
+            fr_pool_run(task, &stack, min(nth, 2))
+        _last_paired = nth >= 2
+        _last_threads = min(nth, 2)
+    finally:
+        fr_pool_end(held)
+        for k in range(n):
+            _fwd_release(&Ls[k])
+        free(Ls)
+        free(counters)
+    return results

@@ -139,6 +139,14 @@ static void fr_set_and_wake(int *word, int value, int *sleepers)
         syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
+/* Wait until *word (a count that only grows, fr_set_and_wake) reaches `value`: a layer's
+ * loop waiting on the rows of the layer below, which another thread is computing. */
+static void fr_wait_at_least(int *word, int value, int *sleepers)
+{
+    int v;
+    while ((v = __atomic_load_n(word, __ATOMIC_ACQUIRE)) < value)
+        fr_wait_while(word, v, sleepers);
+}
 static void fr_barrier(int tid, int nth)
 {
     if (nth <= 1)

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "_gemm.h"
+#include "_pool.h"
 
 #if FR_HAVE_KERNEL
 
@@ -188,24 +189,38 @@ fr_rnn_row_v(int relu, long n, const float *a, const float *gh, const float *bia
  * cache with W_hh), computed here from x (T x nin), one step ahead into gx (2 * SH floats:
  * the row of this step and of the next), where it costs no BLAS call and its products
  * overlap the cell of the step before, which they do not depend on; the activations then
- * go to a + t * SH if a is given (training), else nowhere. */
+ * go to a + t * SH if a is given (training), else nowhere.
+ *
+ * A layer of a stack whose layers run at once (forward_stack, forward only): if progress
+ * is given, the steps done are stored there after each step (fr_set_and_wake) for the
+ * layer above; if wait_on is given, x is the output of the layer below, which another
+ * thread is computing: every `chunk` steps the loop waits until it has done the next
+ * chunk's steps, then projects their rows with pk_ih into a. */
 __attribute__((target("avx512f"))) static void
 fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a, long SH,
                 const float *bias, const float *bhn, float *h, float *c, float *out,
-                float *cs, float *gh, const float *x, long nin, const float *pk_ih, float *gx)
+                float *cs, float *gh, const float *x, long nin, const float *pk_ih, float *gx,
+                int *progress, int *wait_on, int *sleepers, long chunk)
 {
     long G = mode == 2 ? 4 : mode == 3 ? 3 : 1, GH = G * H;
     long panels = fr_panels(GH);
     const float *hp = h; /* h_{t-1}: the previous output row, h0 at first */
     float *gnext = gx;
-    if (pk_ih && T > 0)
+    int fuse = pk_ih && !wait_on;
+    if (fuse && T > 0)
         fr_gemm_panels_rows(1, GH, nin, x + (reverse ? T - 1 : 0) * nin, nin, pk_ih, gnext,
                             GH, 0, 0, panels);
     for (long s = 0; s < T; s++) {
         long t = reverse ? T - 1 - s : s;
         float *o = out + t * H, *ar;
         const float *ain;
-        if (pk_ih) {
+        if (wait_on && s % chunk == 0) {
+            long end = s + chunk < T ? s + chunk : T;
+            fr_wait_at_least(wait_on, (int)end, sleepers);
+            fr_gemm_panels_rows(end - s, GH, nin, x + s * nin, nin, pk_ih, a + s * SH, SH, 0,
+                                0, panels);
+        }
+        if (fuse) {
             ain = gnext;
             ar = a ? a + t * SH : NULL;
             gnext = gnext == gx ? gx + SH : gx;
@@ -219,10 +234,12 @@ fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a
             fr_vlstm_row(H, H, ain, gh, bias, ar, c, cs ? cs + t * H : NULL, o);
         else
             fr_vgru_row(H, H, ain, gh, bias, bhn, hp, ar, o);
-        if (pk_ih && s + 1 < T)
+        if (fuse && s + 1 < T)
             fr_gemm_panels_rows(1, GH, nin, x + (reverse ? t - 1 : t + 1) * nin, nin, pk_ih,
                                 gnext, GH, 0, 0, panels);
         hp = o;
+        if (progress)
+            fr_set_and_wake(progress, (int)(s + 1), sleepers);
     }
     if (T > 0)
         memcpy(h, hp, H * sizeof(float));
@@ -256,11 +273,13 @@ static void fr_rnn_row_v(int relu, long n, const float *a, const float *gh, cons
 static void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
                             long SH, const float *bias, const float *bhn, float *h, float *c,
                             float *out, float *cs, float *gh, const float *x, long nin,
-                            const float *pk_ih, float *gx)
+                            const float *pk_ih, float *gx, int *progress, int *wait_on,
+                            int *sleepers, long chunk)
 {
     (void)mode, (void)T, (void)H, (void)reverse, (void)pk, (void)a, (void)SH, (void)bias;
     (void)bhn, (void)h, (void)c, (void)out, (void)cs, (void)gh, (void)x, (void)nin;
-    (void)pk_ih, (void)gx; /* never called: no kernel */
+    (void)pk_ih, (void)gx, (void)progress, (void)wait_on, (void)sleepers, (void)chunk;
+    /* never called: no kernel */
 }
 
 #endif /* FR_HAVE_KERNEL */

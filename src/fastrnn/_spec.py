@@ -30,7 +30,12 @@ may run them at once::
         (args: per direction (params, h0, c0, out, saved, dout, dh_n, dc_n, dh_seq))
 
 each giving what ``forward`` / ``backward`` give for the two directions (the reverse one
-with ``reverse=True``).
+with ``reverse=True``), and the inference of stacked layers of one direction in one call,
+which may run the layers at once::
+
+    forward_stack(specs, params, x, batch_sizes, h0, c0)
+        -> [(out, h_n, c_n) per layer]
+        (specs, params, h0, c0: one per layer; layer k > 0 takes layer k-1's out)
 
 Arguments (the caller guarantees all of this; backends do not re-validate):
 

@@ -709,7 +709,16 @@ class RNNBase:
         cns = []
         layer_caches = []
         inp = xp
-        for k in range(L):
+        stack = not training and D == 1 and L > 1 and hasattr(be, "forward_stack")
+        if stack:
+            # inference of stacked layers of one direction: the backend may run them at once
+            hks = [zh if h0 is None else h0[k] for k in range(L)]
+            cks = [(zc if c0 is None else c0[k]) if lstm else None for k in range(L)]
+            for o, hn, cn in be.forward_stack(self._specs, weights, xp, batch_sizes, hks, cks):
+                hns.append(hn)
+                cns.append(cn)
+                inp = o
+        for k in range(L if stack else 0, L):
             spec = self._specs[k]
             outs = []
             dirs = []
