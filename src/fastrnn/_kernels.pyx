@@ -483,7 +483,9 @@ cdef struct FwdLoop:
     int *progress
     int *wait_on
     int *sleepers
-    Py_ssize_t wait_steps  # the steps of a chunk that waits on the layer below
+    # the steps of a chunk that waits on the layer below, and between the stores of
+    # progress (the end of the loop stores the last)
+    Py_ssize_t wait_steps
     int projected  # the rows projected up front already (by the threads of a stack)
     void *px
     void *pwih
@@ -632,7 +634,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         pgates += tid * chunk_rows * SH
         pxg = <floating *> L.pxg + tid * chunk_rows * I
     for s in range(T):
-        if L.progress != NULL:
+        if L.progress != NULL and s % L.wait_steps == 0:
             fr_set_and_wake(L.progress, <int> s, L.sleepers)  # steps before s are done
         t = step_time(reverse, T, s)
         r0 = off[t]
@@ -1549,7 +1551,6 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
               and not (L.mode == GRU and not L.reset_after) and (training or upfront))
-    L.wait_steps = chunk_steps
     L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS and chunk_steps == 0
     _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
                   else "one sequence" if L.seq1 else "batch")
@@ -2115,6 +2116,7 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
                              and (k == 0 or _seq1_cell(kind, &Ls[k])))
             chunk_steps = 0 if k == 0 else STACK_CHUNK_STEPS
             _fwd_plan(kind, &Ls[k], 1, chunk_steps)
+            Ls[k].wait_steps = max(1, STACK_CHUNK_STEPS)
         # one sequence on one thread leaves W_ih to BLAS (not packed): the threads share
         # its product now
         Ls[0].projected = nth >= 2 and Ls[0].upfront and not Ls[0].fuse and not Ls[0].pack_ih
