@@ -201,9 +201,9 @@ def test_bidirectional_layers_pair_and_agree_with_the_reference(cell, monkeypatc
 
 
 def test_errors_in_either_direction_leave_no_workspace_busy():
-    """A bad array in the reverse direction raises like forward()'s checks, after the
-    forward direction was prepared: its workspace and offsets go back, and the next pair
-    runs and keeps no more than before."""
+    """A bad array in either direction raises forward()'s message, naming the direction;
+    one in the reverse direction after the forward direction was prepared: its workspace
+    and offsets go back, and the next pair runs and keeps no more than before."""
     _need_threads()
     mode, x, bs, dirs = _problem("lstm", np.float32, 50, 1, 32, 32)
     fwd, rev = dirs[0][0], dirs[1][0]
@@ -212,10 +212,10 @@ def test_errors_in_either_direction_leave_no_workspace_busy():
     assert _kernels.last_call_paired()
     kept = _kernels.workspace_bytes()
     bad_h0 = rev[:5] + (np.zeros((2, 32), np.float32),) + rev[6:]
-    with pytest.raises(ValueError, match="c0"):
+    with pytest.raises(ValueError, match="^reverse direction: c0"):
         _kernels.forward_both(mode, True, False, x, bs, fwd, bad_h0)
     bad_bias = rev[:2] + (rev[2][:-1],) + rev[3:]
-    with pytest.raises(ValueError, match="b_ih"):
+    with pytest.raises(ValueError, match="^forward direction: b_ih"):
         _kernels.forward_both(mode, True, False, x, bs, bad_bias, rev)
     with pytest.raises(TypeError, match="tuples"):
         _kernels.forward_both(mode, True, False, x, bs, fwd, rev[:6])
@@ -365,7 +365,8 @@ def test_stacked_layers_run_at_once_and_agree_with_the_reference(cell, monkeypat
 
 
 def test_stack_errors():
-    """Bad layers raise before anything runs, and leave no workspace busy."""
+    """Bad layers raise before anything runs (a bad array: forward()'s message, naming the
+    layer), and leave no workspace busy."""
     _need_threads()
     mode, x, bs, layers = _stack_problem("lstm", np.float32, 20, 1, 8, 16, 2)
     _kernels.release_workspace()
@@ -375,7 +376,7 @@ def test_stack_errors():
         _kernels.forward_stack(mode, True, x, bs, tuple(layers))
     # the second layer's W_ih must take the first layer's outputs (16 wide), not 8
     bad = [layers[0], (layers[0][0],) + layers[1][1:]]
-    with pytest.raises(ValueError, match="w_ih"):
+    with pytest.raises(ValueError, match="^layer 1: w_ih"):
         _kernels.forward_stack(mode, True, x, bs, bad)
     with pytest.raises(TypeError, match="float32 or float64"):
         _kernels.forward_stack(mode, True, x.astype(np.float16), bs, layers)

@@ -28,6 +28,7 @@
 #   RNN, LSTM   the G*H gate pre-activations; dGx and dGh are the same
 #   GRU after   dr, dz, dhn, dn: dGh = columns [0, 3H), dGx = [0, 2H) and [3H, 4H)
 #   GRU before  dr, dz, dn: both dGx and dGh (the W_hn block multiplies rh, not h)
+import contextlib
 import os
 import time
 
@@ -198,11 +199,16 @@ cdef int _begin(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K, bint me
     (B1_WARM_ONLY); if not, they are woken to spin for about twice this call on one thread
     (N*GH*K multiply-adds at about 25 G/s, a pause loop 30 ns), and so a call that follows
     soon finds them awake."""
-    cdef long spins = 0
-    if B == 1 and B1_WARM_ONLY and N * GH * K < B1_WARM_WORK:
-        spins = min(1 << 21, max(1, N * GH * K // 400))
     return fr_pool_begin(_want_threads(N, B, GH, K, merged), N * GH * K >= THREAD_CALL_WORK,
-                         spins, held)
+                         _warm_spins(N * GH * K) if B == 1 else 0, held)
+
+
+cdef long _warm_spins(Py_ssize_t work):
+    """The warm_spins of fr_pool_begin for a call of `work` multiply-adds that takes
+    threads only while the workers are awake (B1_WARM_ONLY, below B1_WARM_WORK), else 0."""
+    if not B1_WARM_ONLY or work >= B1_WARM_WORK:
+        return 0
+    return min(1 << 21, max(1, work // 400))
 
 
 cdef Py_ssize_t _split_sequences(const Py_ssize_t *bs, Py_ssize_t T, Py_ssize_t B,
@@ -1824,6 +1830,16 @@ def last_call_paired():
     return bool(_last_paired)
 
 
+@contextlib.contextmanager
+def _naming(what):
+    """Prefix the message of a ValueError from checking one loop's arrays with the
+    direction or layer they belong to."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
 cdef bint _pair_worth(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
                       Py_ssize_t whh, bint split, bint merged, Py_ssize_t split_max):
     """Whether two loops of this size run faster at once, one a thread, than one after
@@ -1838,25 +1854,31 @@ cdef int _begin_pair(Py_ssize_t work, int *held):
     """fr_pool_begin for two directions of `work` multiply-adds each: like _begin's batch
     of one sequence, a pair below B1_WARM_WORK takes the second thread only while the
     workers are awake (they meet once, but waking one costs tens of microseconds)."""
-    cdef long spins = 0
-    if B1_WARM_ONLY and 2 * work < B1_WARM_WORK:
-        spins = min(1 << 21, max(1, 2 * work // 400))
-    return fr_pool_begin(2, 1, spins, held)
+    return fr_pool_begin(2, 1, _warm_spins(2 * work), held)
 
 
-cdef struct FwdPair:
-    FwdLoop *a
-    FwdLoop *b
+cdef struct TwoLoops:
+    fr_task_fn task  # a loop's task, run on one thread for a, on another for b
+    void *a
+    void *b
 
 
-cdef void forward_pair_f(void *ctx, int tid, int nth) noexcept nogil:
-    cdef FwdPair *p = <FwdPair *> ctx
-    forward_loop(<float *> NULL, p.a if tid == 0 else p.b, 0, 1)
+cdef void two_loops_task(void *ctx, int tid, int nth) noexcept nogil:
+    cdef TwoLoops *two = <TwoLoops *> ctx
+    two.task(two.a if tid == 0 else two.b, 0, 1)
 
 
-cdef void forward_pair_d(void *ctx, int tid, int nth) noexcept nogil:
-    cdef FwdPair *p = <FwdPair *> ctx
-    forward_loop(<double *> NULL, p.a if tid == 0 else p.b, 0, 1)
+cdef bint _run_two(fr_task_fn task, void *a, void *b, int nth) noexcept nogil:
+    """Run the planned loops a and b (each for one thread) at once, one a thread, when
+    nth >= 2 threads are held, else one after the other; returns whether at once."""
+    cdef TwoLoops two
+    if nth < 2:
+        fr_pool_run(task, a, 1)
+        fr_pool_run(task, b, 1)
+        return False
+    two.task, two.a, two.b = task, a, b
+    fr_pool_run(two_loops_task, &two, 2)
+    return True
 
 
 def forward_both(int mode, bint reset_after, bint training, x, batch_sizes, fwd, rev):
@@ -1878,20 +1900,20 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
                           batch_sizes, tuple fwd, tuple rev):
     global _last_paired, _last_threads
     cdef FwdLoop A, R
-    cdef FwdPair pair
     memset(&A, 0, sizeof(A))
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
-    cdef fr_task_fn pair_task = forward_pair_f if floating is float else forward_pair_d
     _last_paired = False
     wi, wh, bi, bh, wr, h0, c0 = fwd
     try:
-        ra = _fwd_prepare(kind, &A, mode, reset_after, False, training, x, batch_sizes, wi,
-                          wh, bi, bh, wr, h0, c0)
+        with _naming("forward direction"):
+            ra = _fwd_prepare(kind, &A, mode, reset_after, False, training, x, batch_sizes,
+                              wi, wh, bi, bh, wr, h0, c0)
         wi, wh, bi, bh, wr, h0, c0 = rev
-        rr = _fwd_prepare(kind, &R, mode, reset_after, True, training, x, batch_sizes, wi,
-                          wh, bi, bh, wr, h0, c0)
+        with _naming("reverse direction"):
+            rr = _fwd_prepare(kind, &R, mode, reset_after, True, training, x, batch_sizes,
+                              wi, wh, bi, bh, wr, h0, c0)
         if not (PAIR_DIRECTIONS and _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout,
                                                 A.GH * A.Hout, A.split,
                                                 training or A.split or A.upfront,
@@ -1908,36 +1930,15 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
                                  and A.N * A.SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
         _fwd_plan(kind, &A, 1)
         _fwd_plan(kind, &R, 1)
-        if nth >= 2:
-            pair.a, pair.b = &A, &R
-            with nogil:
-                fr_pool_run(pair_task, &pair, 2)
-            _last_paired = True
+        with nogil:
+            _last_paired = _run_two(task, &A, &R, nth)
+        if _last_paired:
             _last_threads = 2
-        else:
-            with nogil:
-                fr_pool_run(task, &A, 1)
-                fr_pool_run(task, &R, 1)
     finally:
         fr_pool_end(held)
         _fwd_release(&A)
         _fwd_release(&R)
     return _fwd_result(training, ra), _fwd_result(training, rr)
-
-
-cdef struct BwdPair:
-    BwdLoop *a
-    BwdLoop *b
-
-
-cdef void backward_pair_f(void *ctx, int tid, int nth) noexcept nogil:
-    cdef BwdPair *p = <BwdPair *> ctx
-    backward_loop(<float *> NULL, p.a if tid == 0 else p.b, 0, 1)
-
-
-cdef void backward_pair_d(void *ctx, int tid, int nth) noexcept nogil:
-    cdef BwdPair *p = <BwdPair *> ctx
-    backward_loop(<double *> NULL, p.a if tid == 0 else p.b, 0, 1)
 
 
 def backward_both(int mode, bint reset_after, x, batch_sizes, fwd, rev):
@@ -1960,20 +1961,20 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
                            tuple fwd, tuple rev):
     global _last_paired, _last_threads
     cdef BwdLoop A, R
-    cdef BwdPair pair
     memset(&A, 0, sizeof(A))
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
-    cdef fr_task_fn pair_task = backward_pair_f if floating is float else backward_pair_d
     _last_paired = False
     h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = fwd
     try:
-        ga = _bwd_prepare(kind, &A, mode, reset_after, False, x, batch_sizes, h0, c0, wi,
-                          wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
+        with _naming("forward direction"):
+            ga = _bwd_prepare(kind, &A, mode, reset_after, False, x, batch_sizes, h0, c0,
+                              wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
         h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = rev
-        gr = _bwd_prepare(kind, &R, mode, reset_after, True, x, batch_sizes, h0, c0, wi,
-                          wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
+        with _naming("reverse direction"):
+            gr = _bwd_prepare(kind, &R, mode, reset_after, True, x, batch_sizes, h0, c0,
+                              wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
         if not (PAIR_DIRECTIONS and _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout,
                                                 A.GH * A.Hout, A.split, True,
                                                 PAIR_SPLIT_MAX_WEIGHTS)):
@@ -1984,16 +1985,10 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
         nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         _bwd_plan(kind, &A, 1)
         _bwd_plan(kind, &R, 1)
-        if nth >= 2:
-            pair.a, pair.b = &A, &R
-            with nogil:
-                fr_pool_run(pair_task, &pair, 2)
-            _last_paired = True
+        with nogil:
+            _last_paired = _run_two(task, &A, &R, nth)
+        if _last_paired:
             _last_threads = 2
-        else:
-            with nogil:
-                fr_pool_run(task, &A, 1)
-                fr_pool_run(task, &R, 1)
     finally:
         fr_pool_end(held)
         _bwd_release(&A)
@@ -2089,8 +2084,9 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
         inp = x
         for k in range(n):
             wi, wh, bi, bh, wr, h0, c0 = layers[k]
-            prepared = _fwd_prepare(kind, &Ls[k], mode, reset_after, False, False, inp,
-                                    batch_sizes, wi, wh, bi, bh, wr, h0, c0)
+            with _naming(f"layer {k}"):
+                prepared = _fwd_prepare(kind, &Ls[k], mode, reset_after, False, False, inp,
+                                        batch_sizes, wi, wh, bi, bh, wr, h0, c0)
             results.append(prepared[:3])
             inp = prepared[0]
             worth = worth and _pair_worth(Ls[k].N, Ls[k].B, Ls[k].GH,
