@@ -1,14 +1,14 @@
 """The benchmark's problems and the implementations it compares: fastrnn itself, its NumPy
-reference, PyTorch and JAX. Shared by ``python -m fastrnn bench`` (:mod:`fastrnn.bench`) and
-the pytest-benchmark suite in ``benchmarks/``.
+reference, PyTorch, JAX and onnxruntime (inference only). Shared by ``python -m fastrnn
+bench`` (:mod:`fastrnn.bench`) and the pytest-benchmark suite in ``benchmarks/``.
 
 A :class:`Point` names one benchmark point (cell, sizes, options, dtype); :func:`make_problem`
 builds its inputs once (a fastrnn layer whose weights every implementation loads, ``x``, the
 loss projection ``R`` and the sequence lengths), so every implementation runs on the same
 data. :func:`make_runner` gives one implementation's :class:`Runner` for a pass:
 
-- ``inference``: the forward pass (torch under ``no_grad``), giving ``out`` and the final
-  states;
+- ``inference``: the forward pass (torch under ``no_grad``; onnxruntime: one ONNX
+  ``RNN``/``LSTM``/``GRU`` node per layer), giving ``out`` and the final states;
 - ``training``: one training step, forward and backward of the loss ``sum(out * R)``, giving
   also ``dx`` and every weight gradient (fastrnn: ``backward(cache, dout=R)``).
 
@@ -38,10 +38,12 @@ __all__ = [
     "Point",
     "Problem",
     "Runner",
+    "Unsupported",
     "compare",
     "flops",
     "make_problem",
     "make_runner",
+    "onnx_model",
     "peer_available",
     "set_threads",
 ]
@@ -53,9 +55,11 @@ PASSES = ("inference", "training")
 PEERS: dict[str, str] = {
     "torch": "pip install torch==2.13.0",
     "jax": "pip install jax jaxlib",
+    "onnxruntime": "pip install onnx onnxruntime",
     "reference": "(part of fastrnn)",
 }
-_PEER_MODULES = {"torch": ("torch",), "jax": ("jax", "jaxlib"), "reference": ()}
+_PEER_MODULES = {"torch": ("torch",), "jax": ("jax", "jaxlib"),
+                 "onnxruntime": ("onnx", "onnxruntime"), "reference": ()}
 
 #: Allowed error of a peer's result against fastrnn's, per dtype: the largest absolute
 #: difference of an array, divided by the largest magnitude in fastrnn's array (so weight
@@ -223,13 +227,19 @@ def peer_available(name: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in _PEER_MODULES[name])
 
 
+class Unsupported(NotImplementedError):
+    """An implementation that does not do a pass or an option (onnxruntime: training)."""
+
+
 def make_runner(name: str, problem: Problem, pass_: str) -> Runner:
-    """The :class:`Runner` of implementation ``name`` (``fastrnn``, ``reference``, ``torch``
-    or ``jax``) for ``pass_`` (``inference`` or ``training``) on ``problem``."""
+    """The :class:`Runner` of implementation ``name`` (``fastrnn``, ``reference``, ``torch``,
+    ``jax`` or ``onnxruntime``) for ``pass_`` (``inference`` or ``training``) on ``problem``.
+    Raises :class:`Unsupported` for a pass the implementation does not do."""
     if pass_ not in PASSES:
         raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
     factories = {"fastrnn": _fastrnn_runner, "reference": _reference_runner,
-                 "torch": _torch_runner, "jax": _jax_runner}
+                 "torch": _torch_runner, "jax": _jax_runner,
+                 "onnxruntime": _onnxruntime_runner}
     if name not in factories:
         raise ValueError(f"unknown implementation {name!r}; known: {sorted(factories)}")
     return factories[name](problem, pass_)
@@ -455,6 +465,113 @@ def _jax_runner(problem: Problem, pass_: str) -> Runner:
     return Runner("jax", run, collect)
 
 
+# ---- onnxruntime
+
+#: ONNX's gate blocks, as indices of PyTorch's: LSTM i,o,f,c from i,f,g,o; GRU z,r,h from
+#: r,z,n; the RNN's one block.
+_ONNX_GATES = {"rnn": (0,), "lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
+
+
+def _onnx_blocks(a: np.ndarray, cell: str) -> np.ndarray:
+    """``a`` (``G*H`` rows first) with its gate blocks in ONNX's order."""
+    blocks = np.split(a, len(_ONNX_GATES[cell]), axis=0)
+    return np.concatenate([blocks[g] for g in _ONNX_GATES[cell]], axis=0)
+
+
+def onnx_model(point: Point, params: Mapping[str, np.ndarray],
+               lengths: np.ndarray | None = None) -> Any:
+    """The ONNX model of the layer stack of ``point`` with weights ``params`` (a fastrnn /
+    PyTorch state_dict): per layer one ``RNN`` (tanh), ``LSTM`` or ``GRU`` node
+    (``linear_before_reset=1``: PyTorch's GRU, the reset after the matmul), its weights as
+    initializers, ``W``/``R`` per direction in ONNX's gate order and ``B`` = ``[b_ih, b_hh]``.
+
+    Input ``x`` ``(T, B, I)``; outputs ``out`` ``(T, B, D*H)``, ``h_n`` [, ``c_n``]
+    ``(L*D, B, H)``; ``lengths`` become the nodes' ``sequence_lens``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    op = CELLS[point.cell][0]
+    D, H, T, B = point.directions, point.H, point.T, point.B
+    elem = TensorProto.DOUBLE if point.dtype == "float64" else TensorProto.FLOAT
+    inits, nodes = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    seq = "" if lengths is None else const("sequence_lens", np.asarray(lengths, np.int32))
+    const("out_shape", np.array([T, B, D * H], np.int64))
+    inp, finals = "x", {"h": [], "c": []}
+    for k in range(point.layers):
+        sfx = [f"_l{k}" + ("_reverse" if d else "") for d in range(D)]
+
+        def stacked(name: str, sfx: list = sfx) -> np.ndarray:
+            return np.stack([_onnx_blocks(params[name + s], point.cell) for s in sfx])
+
+        W = const(f"W_l{k}", stacked("weight_ih"))
+        R = const(f"R_l{k}", stacked("weight_hh"))
+        Bias = const(f"B_l{k}", np.concatenate([stacked("bias_ih"), stacked("bias_hh")], 1))
+        outs = [f"Y_l{k}", f"Y_h_l{k}"] + ([f"Y_c_l{k}"] if op == "LSTM" else [])
+        attrs: dict[str, Any] = {"hidden_size": H,
+                                 "direction": "bidirectional" if D == 2 else "forward"}
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+        if op == "RNN":
+            attrs["activations"] = ["Tanh"] * D
+        nodes.append(helper.make_node(op, [inp, W, R, Bias, seq], outs, name=f"{op}_l{k}",
+                                      **attrs))
+        # Y (T, D, B, H) -> (T, B, D*H), the next layer's input
+        nodes.append(helper.make_node("Transpose", [outs[0]], [f"Yt_l{k}"], perm=[0, 2, 1, 3]))
+        inp = "out" if k == point.layers - 1 else f"x_l{k + 1}"
+        nodes.append(helper.make_node("Reshape", [f"Yt_l{k}", "out_shape"], [inp]))
+        finals["h"].append(outs[1])
+        if op == "LSTM":
+            finals["c"].append(outs[2])
+    state_names = ["h"] + (["c"] if op == "LSTM" else [])
+    for s in state_names:
+        nodes.append(helper.make_node("Concat", finals[s], [f"{s}_n"], axis=0))
+    outputs = [helper.make_tensor_value_info("out", elem, [T, B, D * H])]
+    outputs += [helper.make_tensor_value_info(f"{s}_n", elem, [point.layers * D, B, H])
+                for s in state_names]
+    graph = helper.make_graph(nodes, f"fastrnn_{point.cell}", [
+        helper.make_tensor_value_info("x", elem, [T, B, point.I])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what opset 17 needs; older runtimes load it too
+    onnx.checker.check_model(model)
+    return model
+
+
+#: intra-op threads of the onnxruntime sessions (set by :func:`set_threads`; None: all CPUs)
+_ORT_THREADS: int | None = None
+
+
+def _onnxruntime_runner(problem: Problem, pass_: str) -> Runner:
+    p = problem.point
+    if pass_ != "inference":
+        raise Unsupported("onnxruntime runs inference only")
+    if p.dtype != "float32":
+        raise Unsupported("onnxruntime's CPU RNN, LSTM and GRU kernels are float32 only")
+    import onnxruntime as ort
+
+    model = onnx_model(p, problem.params, problem.lengths)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _ORT_THREADS or len(available_cpus())
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    feeds = {"x": problem.x}
+
+    def run() -> Any:
+        return session.run(names, feeds)
+
+    def collect(res: Any) -> Result:
+        return dict(zip(names, res))
+    return Runner("onnxruntime", run, collect)
+
+
 # ----------------------------------------------------------------------------- checking
 
 
@@ -533,7 +650,8 @@ def available_cpus() -> list:
         return list(range(os.cpu_count() or 1))
 
 
-def set_threads(n: int, peers: Sequence[str] = ("torch", "jax")) -> dict[str, str]:
+def set_threads(n: int, peers: Sequence[str] = ("torch", "jax", "onnxruntime")
+                ) -> dict[str, str]:
     """Give fastrnn and ``peers`` (those installed) ``n`` threads, as far as each lets itself
     be told.
 
@@ -541,6 +659,7 @@ def set_threads(n: int, peers: Sequence[str] = ("torch", "jax")) -> dict[str, st
       kernels, torch's): ``threadpoolctl``, after loading fastrnn's kernels and torch so that
       it sees their libraries;
     - torch: ``torch.set_num_threads(n)`` (when torch is installed; imports it);
+    - onnxruntime: each session's ``intra_op_num_threads = n`` (``inter_op_num_threads = 1``);
     - JAX: ``XLA_FLAGS`` ``--xla_cpu_multi_thread_eigen`` and ``intra_op_parallelism_threads``,
       which only take effect when JAX has not been imported yet; XLA's CPU runtime may still
       start more threads, so
@@ -577,6 +696,10 @@ def set_threads(n: int, peers: Sequence[str] = ("torch", "jax")) -> dict[str, st
     if use_torch:
         torch.set_num_threads(n)
         done["torch"] = f"torch.set_num_threads({n}) -> {torch.get_num_threads()}"
+    if "onnxruntime" in peers and peer_available("onnxruntime"):
+        global _ORT_THREADS
+        _ORT_THREADS = n
+        done["onnxruntime"] = f"intra_op_num_threads={n}, inter_op_num_threads=1"
     if "jax" in peers and peer_available("jax"):
         flags = f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} " \
                 f"intra_op_parallelism_threads={n}"
