@@ -1,4 +1,5 @@
-"""``python -m fastrnn bench``: fastrnn against PyTorch and JAX, and against the BLAS ceiling.
+"""``python -m fastrnn bench``: fastrnn against PyTorch, JAX and onnxruntime, and against the
+BLAS and FMA ceilings.
 
 For every point (cell, shape ``T x B x H``, pass) it
 
@@ -14,7 +15,12 @@ For every point (cell, shape ``T x B x H``, pass) it
    take cores from whatever ran next).
 
 It prints a table: the fastrnn time (best of k rounds), its GFLOP/s, the share of the GEMM rate
-measured at that point, and per peer the ratio ``peer time / fastrnn time``.
+measured at that point and of the FMA peak (measured once, before the points), and per peer
+the ratio ``peer time / fastrnn time``.
+
+``--cpu-capability`` caps every library to an instruction set: the bench then re-runs
+itself in a child process whose environment sets each library's cap before it loads
+(:mod:`fastrnn._caps`), and its header says what each library runs.
 
 Run ``python -m fastrnn bench --help`` for the options.
 """
@@ -35,7 +41,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import _peers
+from . import _caps, _peers
 from ._peers import (
     CELLS,
     PASSES,
@@ -58,6 +64,7 @@ __all__ = [
     "TimingSettings",
     "bench_point",
     "environment",
+    "fma_peak",
     "format_header",
     "format_table",
     "main",
@@ -67,13 +74,13 @@ __all__ = [
     "run",
 ]
 
-#: The shapes (T, B, I, H) of issue 4's grid.
+#: The shapes (T, B, I, H) of the README's grid.
 GRID = [(100, 1, 32, 32), (100, 1, 128, 128), (100, 1, 512, 512), (100, 16, 128, 128),
         (100, 16, 256, 256), (100, 64, 256, 256), (100, 64, 512, 512), (50, 64, 1024, 1024)]
 #: The shapes of ``--quick`` (when ``--shapes`` is not given).
 QUICK_SHAPES = [(100, 1, 32, 32), (100, 16, 128, 128)]
 #: Default peers: these, when installed (``reference`` only on request).
-DEFAULT_PEERS = ("torch", "jax")
+DEFAULT_PEERS = ("torch", "jax", "onnxruntime")
 #: Warn when other processes kept more than this share of the CPUs busy during a run.
 LOAD_WARNING = 0.1
 
@@ -265,6 +272,19 @@ class GemmProbe:
                 "proj_s": {str(i): t for i, t in proj.items()}, "call_overhead_s": overhead}
 
 
+def fma_peak(threads: int, seconds: float = 0.2) -> dict | None:
+    """GFLOP/s of independent FMA chains with the instruction set fastrnn's kernels use
+    (``fastrnn._kernels.fma_peak``), on one thread and on ``threads``: the arithmetic
+    ceiling the points are measured against. None where this fastrnn lacks the probe."""
+    try:
+        from ._kernels import fma_peak as peak
+    except ImportError:
+        return None
+    one = float(peak(seconds, 1))
+    many = one if threads == 1 else float(peak(seconds, threads))
+    return {"threads": threads, "gflops": many, "gflops_1": one, "seconds": seconds}
+
+
 # ----------------------------------------------------------------------------- one point
 
 
@@ -272,14 +292,16 @@ BLAS_SETTLE_SECONDS = 0.3
 
 
 def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: TimingSettings,
-                overhead: float, problem: _peers.Problem | None = None) -> dict:
+                overhead: float, problem: _peers.Problem | None = None,
+                fma_gflops: float | None = None) -> dict:
     """Check and time fastrnn, ``peers`` and the GEMM probe at one point; return its record.
 
     The record holds the point, the pass, its flops, ``fastrnn`` (timing and GFLOP/s),
-    ``gemm`` (see :meth:`GemmProbe.rate`), ``other_cpus`` (see :class:`OtherLoad`) and per
-    peer a ``status``: ``ok`` (with its timing,
-    ``ratio`` = peer time / fastrnn time and its error), ``mismatch`` (its result disagreed
-    with fastrnn's: not timed) or ``failed`` (it raised).
+    ``gemm`` (see :meth:`GemmProbe.rate`), ``fma`` (``fma_gflops``, the FMA peak, and
+    fastrnn's share of it; None without it), ``other_cpus`` (see :class:`OtherLoad`) and per
+    peer a ``status``: ``ok`` (with its timing, ``ratio`` = peer time / fastrnn time and its
+    error), ``mismatch`` (its result disagreed with fastrnn's: not timed), ``unsupported``
+    (it does not do this pass or dtype) or ``failed`` (it raised).
     """
     problem = problem or make_problem(point)
     record: dict[str, Any] = {**point.asdict(), "pass": pass_, "flops": flops(point, pass_),
@@ -295,6 +317,9 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
         try:
             runner = make_runner(name, problem, pass_)
             result = compare(expected, runner.collect(runner.run()), point.dtype)
+        except _peers.Unsupported as exc:
+            record["peers"][name] = {"status": "unsupported", "message": str(exc)}
+            continue
         except Exception as exc:  # noqa: BLE001 - a broken peer is reported, not fatal
             record["peers"][name] = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
             continue
@@ -321,6 +346,8 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
     record["fastrnn"] = {"status": "ok", **ours_t.asdict(), "gflops": gflops}
     record["gemm"] = probe.rate(timings, overhead)
     record["gemm"]["share"] = gflops / record["gemm"]["gflops"]
+    record["fma"] = None if not fma_gflops else {"gflops": fma_gflops,
+                                                 "share": gflops / fma_gflops}
     for name, status in record["peers"].items():
         if status["status"] == "ok":
             status.update(timings[name].asdict(), ratio=timings[name].best / ours_t.best)
@@ -329,9 +356,10 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
 
 def run(points: Sequence[Point], passes: Sequence[str], peers: Sequence[str],
         settings: TimingSettings, progress: Progress | None = None,
-        overhead: float | None = None) -> list[dict]:
+        overhead: float | None = None, fma_gflops: float | None = None) -> list[dict]:
     """Benchmark every point and pass; one record each (see :func:`bench_point`).
-    overhead: the GEMM call overhead (default: measured by :func:`gemm_call_overhead`)."""
+    overhead: the GEMM call overhead (default: measured by :func:`gemm_call_overhead`);
+    fma_gflops: the FMA peak on the bench's threads (see :func:`fma_peak`), or None."""
     if overhead is None:
         overhead = gemm_call_overhead(np.dtype(points[0].dtype) if points else np.float32)
     records = []
@@ -340,7 +368,8 @@ def run(points: Sequence[Point], passes: Sequence[str], peers: Sequence[str],
         for pass_ in passes:
             if progress is not None:
                 progress.set_postfix(f"{point.label} {pass_}")
-            records.append(bench_point(point, pass_, peers, settings, overhead, problem))
+            records.append(bench_point(point, pass_, peers, settings, overhead, problem,
+                                       fma_gflops))
             if progress is not None:
                 progress.update(1)
         del problem
@@ -419,8 +448,14 @@ def _version(module: str) -> str | None:
         return None
 
 
-def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str, str]) -> dict:
-    """The machine, libraries and settings the run is measured with (imports the peers)."""
+def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str, str],
+                fma: Mapping[str, Any] | None = None, probe: bool = True) -> dict:
+    """The machine, libraries and settings the run is measured with (imports the peers).
+
+    ``cpu_capability``: the cap asked (in a child of ``--cpu-capability``), the variables
+    the bench removed from the environment, and per library what it runs
+    (:func:`fastrnn._caps.report`; ``probe``: ask oneDNN, MKL and XLA in probe processes);
+    ``fma_peak``: ``fma`` (see :func:`fma_peak`)."""
     import scipy
     import scipy.linalg
 
@@ -439,12 +474,24 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
         versions["jax"] = jax.__version__
         versions["jaxlib"] = _version("jaxlib") or "?"
         extra["jax"] = f"backend {jax.default_backend()}"
+    if "onnxruntime" in peers:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+        versions["onnx"] = _version("onnx") or "?"
+        extra["onnxruntime"] = ("one ONNX RNN/LSTM/GRU node per layer, CPU execution "
+                                "provider (MLAS), inference only")
+    parent = _caps.parent_info() or {}
+    cap = parent.get("cap")
+    capability = {"asked": cap, "removed": parent.get("removed", {}),
+                  "libraries": _caps.report(peers, cap, probe=probe)}
     return {
         "cpu": _cpu_model(), "simd": _cpu_simd(), "cpus": os.cpu_count(),
         "blas": _blas_libraries(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "threads": threads, "thread_control": dict(thread_control), "versions": versions,
         "peer_info": extra, "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": platform.platform(), "cpu_capability": capability,
+        "fma_peak": None if fma is None else dict(fma),
     }
 
 
@@ -470,10 +517,29 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     if not env["blas"]:
         lines.append("BLAS: unknown (pip install threadpoolctl to see it)")
     coretype = env["openblas_coretype"]
-    lines.append("OPENBLAS_CORETYPE: " + (
-        f"{coretype} (forces that kernel set; `env -u OPENBLAS_CORETYPE python -m fastrnn "
-        f"bench` measures the kernels OpenBLAS picks for this CPU)" if coretype
-        else "unset (OpenBLAS picks its kernels for this CPU)"))
+    capability = env.get("cpu_capability") or {"asked": None, "removed": {}, "libraries": []}
+    cap, removed = capability["asked"], dict(capability.get("removed") or {})
+    was = removed.pop("OPENBLAS_CORETYPE", None)
+    if coretype and cap:
+        text = f"{coretype} (set by --cpu-capability {cap})"
+    elif coretype:
+        text = f"{coretype} (forces that kernel set)"
+    elif was:
+        text = (f"unset (the environment's {was} was removed for this run: OpenBLAS picks "
+                "its kernels for this CPU)")
+    else:
+        text = "unset (OpenBLAS picks its kernels for this CPU)"
+    lines.append("OPENBLAS_CORETYPE: " + text)
+    lines += _caps.format_report(capability["libraries"], cap, removed)
+    fma = env.get("fma_peak")
+    ours = next((e["runs"] for e in capability["libraries"] if e["library"] == "fastrnn"), "?")
+    if fma:
+        lines.append(f"FMA peak: {fma['gflops_1']:.1f} GF/s on 1 thread, {fma['gflops']:.1f} "
+                     f"GF/s on {fma['threads']} (fastrnn._kernels.fma_peak: independent FMA "
+                     f"chains, capability {ours}); fma% = fastrnn GF/s / the "
+                     f"{fma['threads']}-thread peak")
+    else:
+        lines.append("FMA peak: not measured (this fastrnn has no _kernels.fma_peak)")
     control = "; ".join(f"{k}: {v}" for k, v in env["thread_control"].items())
     lines.append(f"threads: {env['threads']} ({control})")
     for name, info in env["peer_info"].items():
@@ -493,8 +559,9 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
          "(T*B) x I x G*H input projection and T steps of B x H x G*H per layer and "
          f"direction, timed in the same rounds, less {overhead * 1e6:.2f} us of Python call "
          "overhead per call; gemm% = fastrnn GF/s / gemm GF/s"),
-        ("peer columns: peer time / fastrnn time (> 1: fastrnn is faster); others: CPUs that "
-         "other processes kept busy while the point was timed (0.0 on an idle machine)"),
+        ("peer columns: peer time / fastrnn time (> 1: fastrnn is faster; —: the peer "
+         "does not do that pass or dtype); others: CPUs that other processes kept busy while "
+         "the point was timed (0.0 on an idle machine)"),
     ]
     return "\n".join(lines)
 
@@ -505,6 +572,8 @@ def _peer_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
         return "-"
     if status["status"] == "ok":
         return f"{status['ratio']:.2f}x"
+    if status["status"] == "unsupported":
+        return "—"
     notes.append(f"[{len(notes) + 1}] {name} at {label}: {status['status']}: "
                  f"{status.get('message', '')}")
     return f"{status['status'].upper()}[{len(notes)}]"
@@ -516,13 +585,15 @@ def _gmean(values: Sequence[float]) -> float:
 
 def format_table(records: Sequence[Mapping[str, Any]], peers: Sequence[str]) -> str:
     """The results as a text table, one row per point and pass, with notes for errors and a
-    summary of the ratios per peer (geometric mean and minimum). With two or more of
-    torch/jax, a column ``vs best`` gives the ratio against the faster of them; the last
-    column, ``others``, the CPUs other processes kept busy while the point was timed."""
+    summary of the ratios per peer (geometric mean and minimum). ``gemm%`` and ``fma%`` are
+    fastrnn's share of the GEMM rate and of the FMA peak. With two or more peers besides the
+    reference, a column ``vs best`` gives the ratio against the fastest of them at the point;
+    the last column, ``others``, the CPUs other processes kept busy while it was timed."""
     rivals = [name for name in peers if name != "reference"]
     best_col = len(rivals) > 1
     ratio_cols = list(peers) + (["vs best"] if best_col else [])
-    head = ["cell", "shape", "options", "pass", "fastrnn ms", "k", "GF/s", "gemm GF/s", "gemm%"]
+    head = ["cell", "shape", "options", "pass", "fastrnn ms", "k", "GF/s", "gemm GF/s", "gemm%",
+            "fma%"]
     head += ratio_cols + ["others"]
     rows, notes = [], []
     ratios: dict[str, list[float]] = {name: [] for name in ratio_cols}
@@ -532,12 +603,13 @@ def format_table(records: Sequence[Mapping[str, Any]], peers: Sequence[str]) -> 
         ours = r.get("fastrnn", {})
         row = [point.cell, point.shape, point.options or "-", r["pass"]]
         if ours.get("status") == "ok":
-            gemm = r["gemm"]
+            gemm, fma = r["gemm"], r.get("fma")
             row += [f"{ours['best_s'] * 1e3:.3f}", str(ours["k"]), f"{ours['gflops']:.1f}",
-                    f"{gemm['gflops']:.1f}", f"{gemm['share']:.0%}"]
+                    f"{gemm['gflops']:.1f}", f"{gemm['share']:.0%}",
+                    f"{fma['share']:.0%}" if fma else "-"]
         else:
             notes.append(f"[{len(notes) + 1}] fastrnn at {label}: {ours.get('message', '')}")
-            row += [f"FAILED[{len(notes)}]", "-", "-", "-", "-"]
+            row += [f"FAILED[{len(notes)}]", "-", "-", "-", "-", "-"]
         for name in peers:
             status = r["peers"].get(name)
             row.append(_peer_cell(status, notes, label, name))
@@ -575,7 +647,8 @@ def failures(records: Iterable[Mapping[str, Any]]) -> list[str]:
         label = f"{Point.from_record(r).label} {r['pass']}"
         if r.get("fastrnn", {}).get("status") != "ok":
             bad.append(f"fastrnn at {label}")
-        bad += [f"{name} at {label}" for name, s in r["peers"].items() if s["status"] != "ok"]
+        bad += [f"{name} at {label}" for name, s in r["peers"].items()
+                if s["status"] not in ("ok", "unsupported")]
     return bad
 
 
@@ -644,11 +717,12 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastrnn bench",
-        description="Time fastrnn's RNN/LSTM/GRU against PyTorch and JAX (results checked "
-                    "first) and against the GEMM rate, in one interleaved run.")
+        description="Time fastrnn's RNN/LSTM/GRU against PyTorch, JAX and onnxruntime "
+                    "(results checked first) and against the GEMM rate and the FMA peak, in "
+                    "one interleaved run.")
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma list of rnn, lstm, gru")
     p.add_argument("--shapes", default=None,
-                   help="comma list of TxBxH (I=H) or TxBxIxH; default issue 4's grid "
+                   help="comma list of TxBxH (I=H) or TxBxIxH; default the README's grid "
                         "(--quick: 100x1x32,100x16x128)")
     p.add_argument("--pass", dest="passes", default="inference,training",
                    help="comma list of inference, training")
@@ -657,8 +731,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="threads for every implementation (default: all available CPUs)")
     p.add_argument("--quick", action="store_true", help="small shapes and fewer repeats")
     p.add_argument("--peers", default=None,
-                   help="comma list of torch, jax, reference, or 'none' "
-                        "(default: the installed ones of torch, jax)")
+                   help="comma list of torch, jax, onnxruntime (inference only), reference, "
+                        "or 'none' (default: the installed ones of torch, jax, onnxruntime)")
+    p.add_argument("--cpu-capability", choices=_caps.CAPABILITIES, default=None,
+                   help="cap every implementation to this instruction set (what a user of "
+                        "a CPU with only that gets): the bench re-runs itself in a child "
+                        "process with each library's cap set before it loads; the header "
+                        "says which library honoured it")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
     p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     p.add_argument("--ragged", action="store_true",
@@ -750,16 +829,24 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         print("python -m fastrnn bench: error: --plot needs matplotlib "
               "(pip install matplotlib, or pip install 'fastrnn[plot]')", file=sys.stderr)
         return 2
+    if _caps.needs_child(args.cpu_capability, os.environ):
+        # The libraries read their caps (and OpenBLAS its OPENBLAS_CORETYPE) when they load,
+        # which in this process has happened: the run goes on in a fresh one.
+        child_env = _caps.child_environment(args.cpu_capability, os.environ, argv)
+        return _caps.run_child(_caps.child_argv(argv), child_env, out, progress_file)
+    parent = _caps.parent_info() or {}
 
     thread_control = _peers.set_threads(plan.threads, plan.peers)
-    env = environment(plan.peers, plan.threads, thread_control)
+    fma = fma_peak(plan.threads, 0.1 if args.quick else 0.3)
+    env = environment(plan.peers, plan.threads, thread_control, fma)
     overhead = gemm_call_overhead(np.dtype(args.dtype))
     header = format_header(env, plan.settings, overhead, args.dtype)
     print(header, file=out, flush=True)
     load = OtherLoad().start()
     with Progress(total=len(plan.points) * len(plan.passes), desc="bench",
                   file=progress_file or sys.stderr) as bar:
-        records = run(plan.points, plan.passes, plan.peers, plan.settings, bar, overhead)
+        records = run(plan.points, plan.passes, plan.peers, plan.settings, bar, overhead,
+                      fma["gflops"] if fma else None)
     other_cpus = load.stop()
     table = format_table(records, plan.peers)
     if other_cpus is not None and other_cpus > LOAD_WARNING * env["cpus"]:
@@ -770,7 +857,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": ["python", "-m", "fastrnn", "bench", *argv],
+            json.dump({"command": ["python", "-m", "fastrnn", "bench",
+                                   *parent.get("argv", argv)],
                        "environment": env, "settings": dataclasses.asdict(plan.settings),
                        "other_cpus": other_cpus, "gemm_call_overhead_s": overhead,
                        "peers": plan.peers, "records": records, "header": header,
