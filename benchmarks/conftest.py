@@ -1,7 +1,8 @@
-"""pytest-benchmark suite: fastrnn against its reference, PyTorch and JAX.
+"""pytest-benchmark suite: fastrnn against its reference, PyTorch, JAX and onnxruntime.
 
 One benchmark group per (cell, shape, options, pass); the implementations are parametrised
-inside each group, and each one's result is checked against fastrnn's before it is timed.
+inside each group (onnxruntime in the inference groups only), and each one's result is
+checked against fastrnn's before it is timed.
 The problems, peers, flop counts and checks are those of ``python -m fastrnn bench``
 (:mod:`fastrnn._peers`).
 
@@ -27,8 +28,8 @@ from fastrnn.bench import environment
 THREADS = int(os.environ.get("FASTRNN_BENCH_THREADS", len(_peers.available_cpus())))
 THREAD_CONTROL = _peers.set_threads(THREADS)
 
-#: The reference backend is timed only at these (T, B, I, H): issue 2's pair and a few more
-#: small ones (its per-step NumPy loop takes seconds at the large ones).
+#: The reference backend is timed only at these (T, B, I, H): a few small ones (its per-step
+#: NumPy loop takes seconds at the large ones).
 REFERENCE_SHAPES = {(100, 1, 32, 32), (100, 16, 256, 256), (100, 1, 128, 128),
                     (100, 16, 128, 128)}
 
@@ -43,16 +44,18 @@ def _marks(impl: str) -> list:
 def cases(points: Iterable[Point], passes: Sequence[str] = PASSES) -> list:
     """pytest params ``(point, pass_, impl)``, ids like ``lstm-100-16-256-training-jax``
     (``-bi``, ``-L2``, ``-ragged`` after the shape for options); the reference only at
-    :data:`REFERENCE_SHAPES`."""
+    :data:`REFERENCE_SHAPES`, onnxruntime only for inference in float32 (what it runs)."""
     params = []
     for point in points:
-        impls = ["fastrnn", "torch", "jax"]
+        impls = ["fastrnn", "torch", "jax", "onnxruntime"]
         if (point.T, point.B, point.I, point.H) in REFERENCE_SHAPES:
             impls.insert(1, "reference")
         shape = point.shape.replace("x", "-")
         opts = "".join(f"-{o}" for o in point.options.split(",") if o)
         for pass_ in passes:
             for impl in impls:
+                if impl == "onnxruntime" and (pass_ != "inference" or point.dtype != "float32"):
+                    continue
                 params.append(pytest.param(point, pass_, impl, marks=_marks(impl),
                                            id=f"{point.cell}-{shape}{opts}-{pass_}-{impl}"))
     return params
@@ -109,5 +112,5 @@ def bench_rnn(benchmark):
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     """The environment the bench command prints (CPU, BLAS and kernel set, threads, versions)
     goes into the saved machine info."""
-    peers = [name for name in ("torch", "jax") if _peers.peer_available(name)]
+    peers = [name for name in ("torch", "jax", "onnxruntime") if _peers.peer_available(name)]
     machine_info["fastrnn"] = environment(peers, THREADS, THREAD_CONTROL)

@@ -1,4 +1,4 @@
-"""Issue 4's grid (and issue 2's pair, where the reference is timed too): RNN (tanh), LSTM and
+"""The README's grid (the reference timed too at its small points): RNN (tanh), LSTM and
 GRU at (T, B, I=H), inference and training step, float32. Parametrised over ``POINTS`` x
 passes x implementations by ``conftest.pytest_generate_tests``."""
 from fastrnn._peers import CELLS, Point
