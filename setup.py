@@ -20,8 +20,8 @@ directives = {
     "embedsignature": True,
 }
 
-# No -march=native, so that a wheel runs on any x86-64: the pointwise rows pick their ISA at
-# run time instead (_cellmath.h). -fno-trapping-math lets GCC if-convert (and so
+# No -march=native, so that a wheel runs on any x86-64: the kernels are compiled once per
+# ISA in target regions and picked at run time instead (_ktable.h). -fno-trapping-math lets GCC if-convert (and so
 # vectorise) the clamps in them; nothing here reads floating-point exception flags.
 extra_compile_args = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 
@@ -30,8 +30,10 @@ extensions = [
         "fastrnn._kernels",
         ["src/fastrnn/_kernels.pyx"],
         include_dirs=["src/fastrnn", np.get_include()],
-        depends=["src/fastrnn/_cellmath.h", "src/fastrnn/_gemm.h", "src/fastrnn/_pool.h", "src/fastrnn/_seq1.h", "src/fastrnn/_cellmath_rows.h", "src/fastrnn/_cellmath.pxd",
-                 "src/fastrnn/_blas.pxd"],
+        depends=[f"src/fastrnn/{name}" for name in (
+            "_ktable.h", "_kern_body.h", "_simd_avx512.h", "_simd_avx2.h", "_simd_default.h",
+            "_simd_end.h", "_cellmath.h", "_cellmath_rows.h", "_rows_inst.h", "_pool.h",
+            "_cellmath.pxd", "_blas.pxd")],
         extra_compile_args=extra_compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

@@ -33,6 +33,22 @@ def assert_close(actual, expected, dtype, what=""):
     np.testing.assert_allclose(actual, expected, err_msg=what, **tol(dtype))
 
 
+# The kernels' capabilities (fastrnn._kernels.CPU_CAPABILITIES, lowest first); a test that
+# takes the `cpu_capability` fixture runs once on each that this CPU can execute.
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+
+
+@pytest.fixture(params=CPU_CAPABILITIES)
+def cpu_capability(request):
+    """Run the test on the kernels of one capability; skip those this CPU cannot run."""
+    from fastrnn import _kernels
+
+    if request.param not in _kernels.supported_cpu_capabilities():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    with _kernels.use_cpu_capability(request.param):
+        yield request.param
+
+
 def _torch():
     try:
         import torch

@@ -1,11 +1,11 @@
 """The compiled backend's step GEMM paths against the reference, in float32.
 
-The per-step products run either on the packed AVX-512 kernel (small steps) or on BLAS
-(large steps, float64, other CPUs); each test forces one path with BLAS_STEP_WORK and
-picks shapes that reach the kernel's edge cases: 1 to 13 rows (every split of them into
-blocks of at most 6 rows, the single-row two-panel path with an odd panel count, and one
-row times one panel of 1 to 3 vectors of columns), partial 64-column panels, ragged
-batches whose step sizes shrink, both directions.
+The per-step products run either on the packed kernel of the capability in use or on
+BLAS; each test forces one path with BLAS_STEP_WORK (the packed one on every capability
+this CPU runs) and picks shapes that reach the kernel's edge cases: 1 to 13 rows (every
+split of them into blocks of at most 6 rows, the single row over several panels and its
+tails of 1 to 7 vectors), partial panels, ragged batches whose step sizes shrink, both
+directions.
 """
 import numpy as np
 import pytest
@@ -13,21 +13,26 @@ import pytest
 from fastrnn import _compiled, _kernels, reference
 from fastrnn._spec import CellSpec
 
+from conftest import CPU_CAPABILITIES
+
 CASES = [
     ("RNN_TANH", True, 0), ("RNN_RELU", True, 0), ("LSTM", True, 0), ("LSTM", True, 29),
     ("GRU", True, 0), ("GRU", False, 0),
 ]
 
 
-@pytest.fixture(params=["packed", "blas"])
+@pytest.fixture(params=[f"packed-{c}" for c in CPU_CAPABILITIES] + ["blas"])
 def step_path(request, monkeypatch):
-    if request.param == "packed":
-        if not _kernels.packed_kernel_available():
-            pytest.skip("the packed kernel needs AVX-512")
-        monkeypatch.setattr(_kernels, "BLAS_STEP_WORK", 1 << 62)
-    else:
+    if request.param == "blas":
         monkeypatch.setattr(_kernels, "BLAS_STEP_WORK", 0)
-    return request.param
+        yield request.param
+        return
+    cap = request.param.split("-")[1]
+    if cap not in _kernels.supported_cpu_capabilities():
+        pytest.skip(f"this CPU cannot run the {cap} kernels")
+    monkeypatch.setattr(_kernels, "BLAS_STEP_WORK", 1 << 62)
+    with _kernels.use_cpu_capability(cap):
+        yield request.param
 
 
 @pytest.mark.parametrize("mode,reset_after,P,H", [

@@ -1,6 +1,6 @@
-"""The loop of one sequence (``_seq1.h``): a batch of one (B = 1) in float32 on the packed
-kernel, with the cell in vector registers, its inputs projected before the loop or, for a
-small W_ih on one thread, inside it.
+"""The loop of one sequence (``fr_seq1_forward``): a batch of one (B = 1) in float32 on the
+packed kernel, with the cell in vector registers, its inputs projected before the loop or,
+for a small W_ih on one thread, inside it; on every capability this CPU runs.
 
 Checked here: every cell it runs (tanh and relu RNN, LSTM, reset-after GRU) agrees with
 the reference through inference, the training forward and the backward (which reads the
@@ -42,15 +42,10 @@ def paths(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _restore_thread_cap():
+def _restore_thread_cap(cpu_capability):
     before = _kernels.get_max_threads()
     yield
     fastrnn.set_num_threads(before)
-
-
-def _packed_kernel():
-    if not _kernels.packed_kernel_available():
-        pytest.skip("no AVX-512 here: float32 takes BLAS, not the packed kernel")
 
 
 @pytest.mark.parametrize("inside", [True, False], ids=["projection inside", "before"])
@@ -58,7 +53,6 @@ def _packed_kernel():
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_one_sequence_on_one_thread_agrees_with_the_reference(cell, I, H, inside,
                                                               monkeypatch, paths):
-    _packed_kernel()
     monkeypatch.setattr(_kernels, "SEQ1_FUSE_WEIGHTS", 1 << 30 if inside else 0)
     fastrnn.set_num_threads(1)
     kind, extra = CELLS[cell]
@@ -76,7 +70,6 @@ def test_one_sequence_on_one_thread_agrees_with_the_reference(cell, I, H, inside
 def test_one_sequence_on_two_threads_agrees_with_one(cell, monkeypatch, paths):
     """Two threads project the inputs, then one runs the loop; the same results. (Each
     direction on its own: not the two at once, one a thread.)"""
-    _packed_kernel()
     _need_threads()
     monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "PAIR_DIRECTIONS", False)
@@ -98,7 +91,6 @@ def test_one_sequence_on_two_threads_agrees_with_one(cell, monkeypatch, paths):
 def test_one_sequence_propagates_nan(cell, inside, monkeypatch, paths):
     """A NaN input reaches every output from its step on (relu(NaN) is NaN, as in torch)
     and none before; an infinite one leaves the outputs finite for tanh-bounded cells."""
-    _packed_kernel()
     monkeypatch.setattr(_kernels, "SEQ1_FUSE_WEIGHTS", 1 << 30 if inside else 0)
     fastrnn.set_num_threads(1)
     kind, extra = CELLS[cell]

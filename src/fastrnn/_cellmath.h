@@ -1,12 +1,11 @@
 /* Pointwise cell math (layer 1 of the design): the gate activations of one row of a
  * batch and their derivatives, for float and double.
  *
- * The row functions are written once in _cellmath_rows.h and instantiated here for both
- * types. float uses exp/tanh approximations that GCC vectorises (a libm call per element
- * would stop vectorisation and dominates small layers); double keeps libm, being the
- * dtype for checking rather than speed. Each row function is compiled for AVX-512, AVX2
- * and the x86-64 baseline, and the loader picks one at run time (GCC target_clones), so
- * wheels need no -march=native.
+ * The row functions are written once in _cellmath_rows.h; _ktable.h instantiates them
+ * for both types and every ISA (_rows_inst.h) and points the names below at one ISA's. float uses exp/tanh
+ * approximations that GCC vectorises (a libm call per element would stop vectorisation
+ * and dominates small layers); double keeps libm, being the dtype for checking rather
+ * than speed.
  */
 #ifndef FASTRNN_CELLMATH_H
 #define FASTRNN_CELLMATH_H
@@ -14,13 +13,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTRNN_NO_CLONES)
-#define FR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FR_CLONES
-#endif
 
 /* exp for float: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, a degree-6
  * polynomial for e^r (coefficients of the Cephes expf), and 2^n built in the exponent
@@ -58,24 +50,65 @@ static inline float fr_tanhf(float x)
 static inline float fr_sigmoidf(float x) { return 1.0f / (1.0f + fr_expf(-x)); }
 static inline double fr_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-#define FR_T float
-#define FR_NAME(name) name##_f
-#define FR_SIGMOID fr_sigmoidf
-#define FR_TANH fr_tanhf
-#include "_cellmath_rows.h"
-#undef FR_T
-#undef FR_NAME
-#undef FR_SIGMOID
-#undef FR_TANH
+/* A table of the row functions of one type: _cellmath_rows.h fills one per type and ISA,
+ * _ktable.h picks the ISA. */
+#define FR_ROWS_STRUCT(T, S)                                                               \
+    typedef struct {                                                                       \
+        void (*rnn_row)(int relu, long H, T *v, const T *gh, const T *bias);               \
+        void (*lstm_row)(long H, long n, T *a, const T *gh, const T *bias, T *c, T *m);    \
+        void (*gru_after_row)(long H, long n, T *a, const T *gh, const T *bias,            \
+                              const T *b_hn, const T *hprev, T *hnew);                     \
+        void (*gru_before_gates)(long H, T *a, const T *gh, const T *bias, const T *hprev); \
+        void (*gru_before_out)(long H, T *a, const T *ghn, const T *bias, const T *hprev,  \
+                               T *hnew);                                                   \
+        void (*rnn_drow)(int relu, long H, const T *h, const T *dh, T *dg);                \
+        void (*lstm_drow)(long H, long n, const T *a, const T *c, const T *cprev,          \
+                          const T *dm, T *dc, T *dg);                                      \
+        void (*gru_after_drow)(long H, long n, const T *a, const T *hprev, T *dh, T *dg);  \
+        void (*gru_before_drow1)(long H, const T *a, const T *hprev, T *dh, T *dg);        \
+        void (*gru_before_drow2)(long H, const T *a, const T *hprev, const T *drh, T *dh,  \
+                                 T *dg);                                                   \
+    } S;
+FR_ROWS_STRUCT(float, fr_rows_f_t)
+FR_ROWS_STRUCT(double, fr_rows_d_t)
+#undef FR_ROWS_STRUCT
 
-#define FR_T double
-#define FR_NAME(name) name##_d
-#define FR_SIGMOID fr_sigmoid
-#define FR_TANH tanh
-#include "_cellmath_rows.h"
-#undef FR_T
-#undef FR_NAME
-#undef FR_SIGMOID
-#undef FR_TANH
+/* the tables in use (_ktable.h's fr_kt_use sets them) */
+static const fr_rows_f_t *fr_rows_f_in_use;
+static const fr_rows_d_t *fr_rows_d_in_use;
+
+/* The names the Cython side calls (_cellmath.pxd): the rows of the ISA in use. */
+#define FR_ROW_CALLS(S, T, tbl)                                                            \
+    static inline void rnn_row_##S(int relu, long H, T *v, const T *gh, const T *bias)     \
+    { tbl->rnn_row(relu, H, v, gh, bias); }                                                \
+    static inline void lstm_row_##S(long H, long n, T *a, const T *gh, const T *bias, T *c, \
+                                    T *m)                                                  \
+    { tbl->lstm_row(H, n, a, gh, bias, c, m); }                                            \
+    static inline void gru_after_row_##S(long H, long n, T *a, const T *gh, const T *bias, \
+                                         const T *b_hn, const T *hprev, T *hnew)           \
+    { tbl->gru_after_row(H, n, a, gh, bias, b_hn, hprev, hnew); }                          \
+    static inline void gru_before_gates_##S(long H, T *a, const T *gh, const T *bias,      \
+                                            const T *hprev)                                \
+    { tbl->gru_before_gates(H, a, gh, bias, hprev); }                                      \
+    static inline void gru_before_out_##S(long H, T *a, const T *ghn, const T *bias,       \
+                                          const T *hprev, T *hnew)                         \
+    { tbl->gru_before_out(H, a, ghn, bias, hprev, hnew); }                                 \
+    static inline void rnn_drow_##S(int relu, long H, const T *h, const T *dh, T *dg)      \
+    { tbl->rnn_drow(relu, H, h, dh, dg); }                                                 \
+    static inline void lstm_drow_##S(long H, long n, const T *a, const T *c,               \
+                                     const T *cprev, const T *dm, T *dc, T *dg)            \
+    { tbl->lstm_drow(H, n, a, c, cprev, dm, dc, dg); }                                     \
+    static inline void gru_after_drow_##S(long H, long n, const T *a, const T *hprev,      \
+                                          T *dh, T *dg)                                    \
+    { tbl->gru_after_drow(H, n, a, hprev, dh, dg); }                                       \
+    static inline void gru_before_drow1_##S(long H, const T *a, const T *hprev, T *dh,     \
+                                            T *dg)                                         \
+    { tbl->gru_before_drow1(H, a, hprev, dh, dg); }                                        \
+    static inline void gru_before_drow2_##S(long H, const T *a, const T *hprev,            \
+                                            const T *drh, T *dh, T *dg)                    \
+    { tbl->gru_before_drow2(H, a, hprev, drh, dh, dg); }
+FR_ROW_CALLS(f, float, fr_rows_f_in_use)
+FR_ROW_CALLS(d, double, fr_rows_d_in_use)
+#undef FR_ROW_CALLS
 
 #endif

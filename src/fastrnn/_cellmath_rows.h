@@ -7,7 +7,7 @@
  * d sigmoid = y (1 - y), d tanh = 1 - y^2. Layouts of `a` and `dg` are in _kernels.pyx. */
 
 /* In place: v holds the row's input projection on entry and the new state h on exit. */
-FR_CLONES static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
+static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
                                        const FR_T *restrict gh, const FR_T *restrict bias)
 {
     for (long j = 0; j < H; j++) {
@@ -18,7 +18,7 @@ FR_CLONES static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
 
 /* lstm_row and gru_after_row compute units [0, n) of gate blocks H apart (n = H but for
  * a thread's share of the units; pointers then start at its first unit). */
-FR_CLONES static void FR_NAME(lstm_row)(long H, long n, FR_T *restrict a,
+static void FR_NAME(lstm_row)(long H, long n, FR_T *restrict a,
                                         const FR_T *restrict gh, const FR_T *restrict bias,
                                         FR_T *restrict c, FR_T *restrict m)
 {
@@ -37,7 +37,7 @@ FR_CLONES static void FR_NAME(lstm_row)(long H, long n, FR_T *restrict a,
     }
 }
 
-FR_CLONES static void FR_NAME(gru_after_row)(long H, long n, FR_T *restrict a,
+static void FR_NAME(gru_after_row)(long H, long n, FR_T *restrict a,
                                              const FR_T *restrict gh,
                                              const FR_T *restrict bias,
                                              const FR_T *restrict b_hn,
@@ -57,7 +57,7 @@ FR_CLONES static void FR_NAME(gru_after_row)(long H, long n, FR_T *restrict a,
 }
 
 /* Reset-before GRU, first half: r, z and rh = r * h_prev, the input of W_hn. */
-FR_CLONES static void FR_NAME(gru_before_gates)(long H, FR_T *restrict a,
+static void FR_NAME(gru_before_gates)(long H, FR_T *restrict a,
                                                 const FR_T *restrict gh,
                                                 const FR_T *restrict bias,
                                                 const FR_T *restrict hprev)
@@ -71,7 +71,7 @@ FR_CLONES static void FR_NAME(gru_before_gates)(long H, FR_T *restrict a,
 }
 
 /* Second half: n = tanh(x_n + W_hn rh + b_in + b_hn) and the new state. */
-FR_CLONES static void FR_NAME(gru_before_out)(long H, FR_T *restrict a,
+static void FR_NAME(gru_before_out)(long H, FR_T *restrict a,
                                               const FR_T *restrict ghn,
                                               const FR_T *restrict bias,
                                               const FR_T *restrict hprev,
@@ -85,7 +85,7 @@ FR_CLONES static void FR_NAME(gru_before_out)(long H, FR_T *restrict a,
     }
 }
 
-FR_CLONES static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h,
+static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h,
                                         const FR_T *restrict dh, FR_T *restrict dg)
 {
     for (long j = 0; j < H; j++)
@@ -94,7 +94,7 @@ FR_CLONES static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h
 
 /* dc carries dL/dc_t in and dL/dc_{t-1} out; dm is dL/dm_t, m = o * tanh(c_t). */
 /* lstm_drow and gru_after_drow: units [0, n) of gate blocks H apart, as lstm_row. */
-FR_CLONES static void FR_NAME(lstm_drow)(long H, long n, const FR_T *restrict a,
+static void FR_NAME(lstm_drow)(long H, long n, const FR_T *restrict a,
                                          const FR_T *restrict c, const FR_T *restrict cprev,
                                          const FR_T *restrict dm, FR_T *restrict dc,
                                          FR_T *restrict dg)
@@ -112,7 +112,7 @@ FR_CLONES static void FR_NAME(lstm_drow)(long H, long n, const FR_T *restrict a,
 }
 
 /* dh holds dL/dh_t in and the direct part z * dh of dL/dh_{t-1} out. */
-FR_CLONES static void FR_NAME(gru_after_drow)(long H, long n, const FR_T *restrict a,
+static void FR_NAME(gru_after_drow)(long H, long n, const FR_T *restrict a,
                                               const FR_T *restrict hprev, FR_T *restrict dh,
                                               FR_T *restrict dg)
 {
@@ -129,7 +129,7 @@ FR_CLONES static void FR_NAME(gru_after_drow)(long H, long n, const FR_T *restri
 }
 
 /* Reset-before GRU, first half: dz and dn from dL/dh_t; dh keeps the direct part. */
-FR_CLONES static void FR_NAME(gru_before_drow1)(long H, const FR_T *restrict a,
+static void FR_NAME(gru_before_drow1)(long H, const FR_T *restrict a,
                                                 const FR_T *restrict hprev,
                                                 FR_T *restrict dh, FR_T *restrict dg)
 {
@@ -142,7 +142,7 @@ FR_CLONES static void FR_NAME(gru_before_drow1)(long H, const FR_T *restrict a,
 }
 
 /* Second half: dr from d(rh) = dn W_hn; rh = r * h_prev also sends r * d(rh) to h_prev. */
-FR_CLONES static void FR_NAME(gru_before_drow2)(long H, const FR_T *restrict a,
+static void FR_NAME(gru_before_drow2)(long H, const FR_T *restrict a,
                                                 const FR_T *restrict hprev,
                                                 const FR_T *restrict drh, FR_T *restrict dh,
                                                 FR_T *restrict dg)
@@ -153,3 +153,11 @@ FR_CLONES static void FR_NAME(gru_before_drow2)(long H, const FR_T *restrict a,
         dh[j] += drh[j] * r;
     }
 }
+
+/* the rows of this type (and ISA, for _ktable.h) as a table */
+static const FR_ROWS_TYPE FR_NAME(fr_rows) = {
+    FR_NAME(rnn_row),          FR_NAME(lstm_row),         FR_NAME(gru_after_row),
+    FR_NAME(gru_before_gates), FR_NAME(gru_before_out),   FR_NAME(rnn_drow),
+    FR_NAME(lstm_drow),        FR_NAME(gru_after_drow),   FR_NAME(gru_before_drow1),
+    FR_NAME(gru_before_drow2),
+};

@@ -30,7 +30,9 @@
 #   GRU before  dr, dz, dn: both dGx and dGh (the W_hn block multiplies rh, not h)
 import contextlib
 import os
+import threading
 import time
+import warnings
 
 cimport numpy as cnp
 from cython cimport floating
@@ -45,7 +47,17 @@ from ._blas cimport gemm
 
 cnp.import_array()
 
-cdef extern from "_gemm.h" nogil:
+cdef extern from "_ktable.h" nogil:
+    ctypedef struct fr_ktable:
+        const char *name
+        long nr, mr, lanes, chain_flops
+        float (*fma_chains)(long iters) noexcept nogil
+    fr_ktable fr_kt
+    enum: FR_CAP_LEVELS
+    const char *fr_cap_names[]
+    int fr_cpu_best_level()
+    int fr_kt_use(int level)
+    long fr_panel_width()
     size_t fr_packed_size(long n, long k)
     long fr_panels(long n)
     void fr_pack_panels(int trans, long n, long k, const float *w, long ldw, float *packed,
@@ -53,12 +65,9 @@ cdef extern from "_gemm.h" nogil:
     void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
                         const float *packed, float *c, long ldc, int accumulate, long p0,
                         long p1)
-    int fr_gemm_packed_ok()
     void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
                     long ldb, float *c, long ldc, int accumulate, float *bpack)
     enum: FR_KC
-
-cdef extern from "_seq1.h" nogil:
     void fr_lstm_row_v(long H, long n, const float *a, const float *gh, const float *bias,
                        float *ar, float *c, float *cs, float *o)
     void fr_gru_row_v(long H, long n, const float *a, const float *gh, const float *bias,
@@ -99,6 +108,106 @@ cdef enum:
     GRU = 3
 
 MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
+
+
+# ---------------------------------------------------------------------------------------
+# The kernel table (_ktable.h), filled here once for the best ISA this CPU runs, capped by
+# FASTRNN_CPU_CAPABILITY as PyTorch's ATEN_CPU_CAPABILITY caps its kernels. The loops
+# below call the table and read its panel width; nothing else looks at the CPU.
+
+#: The capabilities, lowest first.
+CPU_CAPABILITIES = tuple(fr_cap_names[i].decode() for i in range(FR_CAP_LEVELS))
+
+
+def _capability_from_environment():
+    """The level FASTRNN_CPU_CAPABILITY asks for, capped by what the CPU runs."""
+    best = fr_cpu_best_level()
+    want = os.environ.get("FASTRNN_CPU_CAPABILITY", "").strip().lower()
+    if not want:
+        return best
+    if want not in CPU_CAPABILITIES:
+        warnings.warn(f"FASTRNN_CPU_CAPABILITY={want!r} is not one of "
+                      f"{', '.join(CPU_CAPABILITIES)}; using {CPU_CAPABILITIES[best]!r}",
+                      RuntimeWarning, stacklevel=2)
+        return best
+    return min(best, CPU_CAPABILITIES.index(want))
+
+
+fr_kt_use(_capability_from_environment())
+
+
+def get_cpu_capability():
+    """The kernels in use: "avx512", "avx2" (AVX2 and FMA) or "default" (portable)."""
+    return fr_kt.name.decode()
+
+
+def supported_cpu_capabilities():
+    """Every capability this CPU runs, lowest first."""
+    return CPU_CAPABILITIES[:fr_cpu_best_level() + 1]
+
+
+def kernel_blocking():
+    """The register blocking of the kernels in use: {"panel": columns of a packed panel,
+    "rows": rows of a block, "lanes": floats a vector}."""
+    return {"panel": fr_kt.nr, "rows": fr_kt.mr, "lanes": fr_kt.lanes}
+
+
+@contextlib.contextmanager
+def use_cpu_capability(name):
+    """Run the kernels of `name` inside the block (for tests and benchmarks, with no call
+    running in another thread); ValueError if this CPU cannot run them."""
+    if name not in CPU_CAPABILITIES:
+        raise ValueError(f"cpu capability must be one of {', '.join(CPU_CAPABILITIES)}, "
+                         f"got {name!r}")
+    before = CPU_CAPABILITIES.index(get_cpu_capability())
+    if fr_kt_use(CPU_CAPABILITIES.index(name)) != 0:
+        raise ValueError(f"this CPU cannot run the {name!r} kernels (it runs "
+                         f"{', '.join(supported_cpu_capabilities())})")
+    try:
+        yield
+    finally:
+        fr_kt_use(before)
+
+
+cdef double _fma_rounds(long iters) noexcept nogil:
+    return fr_kt.fma_chains(iters)
+
+
+def _fma_thread(long iters, list out):
+    cdef double r
+    with nogil:
+        r = _fma_rounds(iters)
+    out.append(r)
+
+
+def fma_peak(double seconds=0.2, int threads=1):
+    """GFLOP/s of independent FMA chains on the vectors of the kernels in use, on `threads`
+    threads at once (enough chains on each to cover the FMA latency): the ceiling of the
+    kernels' arithmetic. Best of a few runs of about `seconds` / 3 each."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    cdef long iters = 1 << 16
+    cdef double elapsed = 0.0, best = 0.0
+    out = []
+    while True:  # calibrate: a run of at least a tenth of the asked time
+        t0 = time.perf_counter()
+        _fma_thread(iters, out)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds / 10 or iters > (1 << 40):
+            break
+        iters *= 4
+    iters = max(1, <long> (iters * (seconds / 3) / max(elapsed, 1e-9)))
+    for _ in range(3):
+        workers = [threading.Thread(target=_fma_thread, args=(iters, out))
+                   for _ in range(threads)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+        best = max(best, threads * iters * fr_kt.chain_flops / elapsed / 1e9)
+    return best
 
 # Whether the pool can take over scipy's BLAS threads (see _pool.h); else one thread.
 cdef bint _blas_bound = fr_blas_bind(<void *> _blas_sgemm)
@@ -175,8 +284,8 @@ _last_path = "batch"
 
 def last_forward_path():
     """The loop the latest forward call ran: "batch" (forward_loop), "units split"
-    (forward_units), "one sequence" (_seq1.h, inputs projected before the loop) or "one
-    sequence, projection inside" (_seq1.h projecting each step's inputs)."""
+    (forward_units), "one sequence" (the kernel table's loop of one sequence, inputs projected before it) or "one
+    sequence, projection inside" (that loop projecting each step's inputs)."""
     return _last_path
 
 
@@ -239,7 +348,7 @@ cdef inline void sync(int tid, int nth) noexcept nogil:
 
 # ---------------------------------------------------------------------------------------
 # GEMMs. The per-step GEMMs multiply a few rows by a weight that is the same at every step:
-# for float32 on AVX-512 machines the weight is packed once per call (_gemm.h), the threads
+# for float32 the weight is packed once per call (_ktable.h, _kern_body.h), the threads
 # packing a share of its panels each; otherwise BLAS.
 
 cdef inline void step_gemm(const floating *packed, int m, int n, int k,
@@ -334,14 +443,9 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
 BLAS_STEP_WORK = 1 << 62
 
 
-def packed_kernel_available():
-    """Whether this CPU runs the packed step kernel (AVX-512); else BLAS does."""
-    return bool(fr_gemm_packed_ok())
-
-
 cdef bint use_packed(bint is_float, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t Hout):
     """Whether the step GEMMs of a batch of B run on the packed kernel."""
-    return is_float and fr_gemm_packed_ok() and B * GH * Hout < BLAS_STEP_WORK
+    return is_float and B * GH * Hout < BLAS_STEP_WORK
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,9 +497,10 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # Forward
 
 # From this many weights in W_hh (64 KB of float32: every cell from H = 128), threads
-# split the units of a batch of one sequence, meeting at every step; H a multiple of
-# 128, so that two threads get as many 64-unit panels each (at H = 192, one 64 and the
-# other 128 units, inference ran 5-10% slower than on one thread). Measured at T=100,
+# split the units of a batch of one sequence, meeting at every step; H a multiple of two
+# panels of the kernels (_split_units), so that two threads get as many panels each (on
+# AVX-512, at H = 192, one 64-unit panel and the other two, inference ran 5-10% slower
+# than on one thread). Measured on AVX-512 at T=100,
 # H=128, one process alternating: inference RNN 0.12 -> 0.07 ms, GRU 0.34 -> 0.21;
 # training step RNN 0.25 -> 0.21, GRU 0.69 -> 0.55.
 SPLIT_UNITS_WORK = 1 << 14
@@ -409,7 +514,7 @@ UPFRONT_MAX_BYTES = 1 << 23
 
 # A batch of one sequence on one thread with at most this many weights in W_ih (4 KB of
 # float32: the vanilla RNN at I = H = 32) projects its inputs inside the step loop
-# (_seq1.h): T=100, RNN H=32 inference 12.9 -> 10.8 us. With more, the products of both
+# (fr_seq1_forward): T=100, RNN H=32 inference 12.9 -> 10.8 us. With more, the products of both
 # weights outlast the chain of a step, on one FMA unit: LSTM and GRU at H=32 and the RNN
 # at H=64 ran 6-14% slower than with the projection before the loop.
 SEQ1_FUSE_WEIGHTS = 1 << 10
@@ -450,8 +555,8 @@ cdef bint _split_units(Py_ssize_t B, Py_ssize_t npack, Py_ssize_t P, Py_ssize_t 
                        bint reset_after, Py_ssize_t whh) except -1:
     """Whether threads split the units of this call (forward_units, backward_units): one
     sequence whose step streams a large W_hh (whh weights) on the packed kernel, cells the
-    split covers, whole 64-unit panels alike for two threads, and no pause."""
-    return (B == 1 and npack != 0 and P == 0 and H % 128 == 0
+    split covers, as many whole panels for each of two threads, and no pause."""
+    return (B == 1 and npack != 0 and P == 0 and H % (2 * fr_panel_width()) == 0
             and not (mode == GRU and not reset_after)
             and whh >= SPLIT_UNITS_WORK and not split_paused())
 
@@ -512,8 +617,8 @@ cdef struct FwdLoop:
 
 
 # The cells of a row of units [0, n) (gate blocks H apart): on the packed kernel (vec:
-# float32 on AVX-512) those of _seq1.h, which every float32 loop there then shares, else
-# _cellmath's. The activations are saved in a when training (_cellmath's always).
+# float32) the vector cells of the kernel table, which every float32 loop then shares,
+# else _cellmath's. The activations are saved in a when training (_cellmath's always).
 
 cdef inline void rnn_cell(bint vec, bint relu, Py_ssize_t n, floating *a, const floating *gh,
                           const floating *b) noexcept nogil:
@@ -604,11 +709,11 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
-    # (a one-sequence layer of a stack projects its chunks inside _seq1.h as they come,
+    # (a one-sequence layer of a stack projects its chunks inside fr_seq1_forward as they come,
     # and the first layer's rows may be projected already: forward_stack_loop)
     cdef bint upfront = (training or L.upfront) and not L.fuse and L.wait_on == NULL
     cdef bint in_out = L.pgates == L.pout  # the vanilla RNN's rows projected into out
-    cdef bint vec = ppk != NULL  # the packed kernel: AVX-512 here
+    cdef bint vec = ppk != NULL  # the packed kernel and its vector cells
     if upfront and not L.projected:
         # the input projection of every row at once, the saved gates its output (on
         # threads too: projecting a thread's few rows of each step as it comes reads all
@@ -622,7 +727,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         return  # it only helped project the one sequence's inputs
     if floating is float:
         if L.seq1:
-            # one sequence (B = 1) on the packed kernel: the loop of _seq1.h
+            # one sequence (B = 1) on the packed kernel: the table's loop of one sequence
             if lo < hi:
                 fr_seq1_forward(mode, T, H, reverse, pk_hh, pgates, SH, pb, pbhn, ph, pc,
                                 pout, pcs if training else NULL, pgh, px, I,
@@ -763,7 +868,7 @@ cdef void project_rows(floating *kind, FwdLoop *L, floating *pk_ih, int tid,
 cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *pk_hh,
                         floating *pk_ih) noexcept nogil:
     """One sequence (B = 1) on threads that split its hidden units: thread tid computes
-    the gate columns of units [u0, u1) (whole panels of the packed weights, H % 128 == 0)
+    the gate columns of units [u0, u1) (whole panels of the packed weights: _split_units)
     and their cell, then all meet at a barrier before the next step, which needs the
     whole of h. Each thread reads its own share of the weights, from its own cache, so
     that a step that streams W_hh from memory runs at the bandwidth of all the cores.
@@ -789,10 +894,10 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
     cdef const floating *hsrc = ph
     cdef floating *a
     cdef floating *orow
-    cdef long u0, u1
+    cdef long u0, u1, nr = fr_panel_width()
     cdef Py_ssize_t s, s_end, t, row, g, nu, row_base = 0, chunk_end = 0
     if floating is float:
-        fr_split(H, 64, tid, nth, &u0, &u1)
+        fr_split(H, nr, tid, nth, &u0, &u1)
         nu = u1 - u0
         for s in range(T):
             t = step_time(reverse, T, s)
@@ -805,12 +910,12 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
                     row_base = off[T - s_end] if reverse else off[s]
                     for g in range(G):
                         fr_gemm_panels(s_end - s, GH, I, px + row_base * I, I, pk_ih, pgates,
-                                       SH, 0, (g * H + u0) // 64, (g * H + u1) // 64)
+                                       SH, 0, (g * H + u0) // nr, (g * H + u1) // nr)
                     chunk_end = s_end
                 a = pgates + (row - row_base) * SH
             for g in range(G):
-                fr_gemm_panels(1, GH, H, hsrc, H, pk_hh, pgh, GH, 0, (g * H + u0) // 64,
-                               (g * H + u1) // 64)
+                fr_gemm_panels(1, GH, H, hsrc, H, pk_hh, pgh, GH, 0, (g * H + u0) // nr,
+                               (g * H + u1) // nr)
             orow = pout + row * H
             if mode == LSTM:
                 lstm_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pc + u0, orow + u0)
@@ -913,10 +1018,10 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
     cdef floating *pseq = <floating *> L.pseq
     cdef const floating *hprev
     cdef const floating *cprev
-    cdef long u0, u1
+    cdef long u0, u1, nr = fr_panel_width()
     cdef Py_ssize_t s, row, prow, nu
     if floating is float:
-        fr_split(H, 64, tid, nth, &u0, &u1)
+        fr_split(H, nr, tid, nth, &u0, &u1)
         nu = u1 - u0
         for s in range(T - 1, -1, -1):
             row = off[step_time(reverse, T, s)]
@@ -938,7 +1043,7 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
                          pdg + row * SD + u0)
             sync(tid, nth)
             fr_gemm_panels(1, H, G * H, pdg + row * SD, SD, pk_hh, pdh, H, mode == GRU,
-                           u0 // 64, u1 // 64)
+                           u0 // nr, u1 // nr)
 
 
 cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
@@ -1553,7 +1658,7 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     chunk = _split_sequences(L.bs, L.T, B, N, nth, L.seqs,
                              0 if (nth > 1 and not gather and not split and not upfront)
                              else chunk)
-    # one sequence on the packed kernel, not split: the loop of _seq1.h, which on one
+    # one sequence on the packed kernel, not split: fr_seq1_forward, which on one
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
               and not (L.mode == GRU and not L.reset_after) and (training or upfront))
@@ -2013,7 +2118,7 @@ STACK_CHUNK_STEPS = 8
 STACK_LAYERS = True
 
 cdef bint _seq1_cell(floating kind, FwdLoop *L):
-    """Whether _seq1.h's loop runs this one-sequence layer on one thread (if up front)."""
+    """Whether fr_seq1_forward runs this one-sequence layer on one thread (if up front)."""
     return (floating is float and L.npack != 0 and L.P == 0
             and not (L.mode == GRU and not L.reset_after))
 
@@ -2106,7 +2211,7 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
             Ls[k].split = False
             # each layer alone on its thread, as in forward_both; those above the first
             # wait on the layer below a chunk at a time: one sequence in the loop of
-            # _seq1.h (room to project every row, as up front), else in forward_loop
+            # fr_seq1_forward (room to project every row, as up front), else in forward_loop
             Ls[k].upfront = (Ls[k].B == 1
                              and Ls[k].N * Ls[k].SH * sizeof(floating) <= UPFRONT_MAX_BYTES
                              and (k == 0 or _seq1_cell(kind, &Ls[k])))

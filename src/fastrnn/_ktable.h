@@ -1,0 +1,186 @@
+/* The kernel table: the float32 kernels of _kern_body.h compiled once per ISA, and the
+ * one table of them that the loops of _kernels.pyx call, filled once at import for the
+ * best ISA this CPU runs (capped by FASTRNN_CPU_CAPABILITY; _kernels.pyx reads it).
+ *
+ * Each ISA's instance is compiled inside a target region (`#pragma GCC target`, or
+ * clang's attribute push), so the package needs no -march flag and a wheel runs on any
+ * x86-64: `default` is the compiler's baseline (SSE2 on x86-64, NEON on aarch64), and
+ * on x86-64 `avx2` (AVX2 + FMA) and `avx512` (AVX-512F) are added. Inside an instance
+ * everything is inlined; the table is called once per GEMM or row of cells, and once
+ * per call for the loop of one sequence. Nothing else in the package tests the CPU.
+ * float64 stays on BLAS and the rows of _cellmath.h.
+ */
+#ifndef FASTRNN_KTABLE_H
+#define FASTRNN_KTABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_cellmath.h"
+#include "_pool.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(FASTRNN_NO_X86_KERNELS)
+#define FR_X86 1
+#include <immintrin.h>
+#else
+#define FR_X86 0
+#endif
+
+#define FR_KC 256     /* rows of the sum per block in fr_gemm_tn */
+#define FR_TN_MB 384  /* columns of A per block in fr_gemm_tn (a multiple of every MR) */
+#define FR_PREFETCH_BYTES (2L << 20) /* fr_gemm_rows: panels fetched ahead above this */
+#ifndef FR_A_BLOCK_FLOATS
+#define FR_A_BLOCK_FLOATS (256 * 1024) /* rows of A kept in cache across the panels: 1 MB */
+#endif
+
+typedef struct {
+    const char *name;
+    long nr;          /* panel width: columns of a packed panel */
+    long mr;          /* rows of a register block */
+    long lanes;       /* floats a vector */
+    long chain_flops; /* flops of one round of fma_chains */
+    void (*pack)(int trans, long n, long k, const float *w, long ldw, float *packed, long p0,
+                 long p1);
+    void (*gemm)(long m, long n, long k, const float *a, long lda, const float *packed,
+                 float *c, long ldc, int accumulate, long p0, long p1);
+    void (*gemm_tn)(long m, long n, long K, const float *a, long lda, const float *b, long ldb,
+                    float *c, long ldc, int accumulate, float *bpack);
+    void (*rnn_row)(int relu, long n, const float *a, const float *gh, const float *bias,
+                    float *o);
+    void (*lstm_row)(long H, long n, const float *a, const float *gh, const float *bias,
+                     float *ar, float *c, float *cs, float *o);
+    void (*gru_row)(long H, long n, const float *a, const float *gh, const float *bias,
+                    const float *bhn, const float *hp, float *ar, float *o);
+    void (*seq1_forward)(int mode, long T, long H, int reverse, const float *pk, float *a,
+                         long SH, const float *bias, const float *bhn, float *h, float *c,
+                         float *out, float *cs, float *gh, const float *x, long nin,
+                         const float *pk_ih, float *gx, int *progress, int *wait_on,
+                         int *sleepers, long chunk);
+    float (*fma_chains)(long iters);
+    const fr_rows_f_t *rows_f; /* the rows of _cellmath_rows.h, this ISA's build */
+    const fr_rows_d_t *rows_d;
+} fr_ktable;
+
+#if defined(__clang__)
+#define FR_TARGET_PUSH(t) _Pragma(FR_TARGET_STR(clang attribute push(__attribute__((target(t))), apply_to = function)))
+#define FR_TARGET_POP _Pragma("clang attribute pop")
+#else
+#define FR_TARGET_PUSH(t) _Pragma("GCC push_options") _Pragma(FR_TARGET_STR(GCC target(t)))
+#define FR_TARGET_POP _Pragma("GCC pop_options")
+#endif
+#define FR_TARGET_STR(x) #x
+
+/* the portable instance: no target region */
+#include "_simd_default.h"
+#include "_rows_inst.h"
+#include "_kern_body.h"
+#include "_simd_end.h"
+
+#if FR_X86
+FR_TARGET_PUSH("avx2,fma")
+#include "_simd_avx2.h"
+#include "_rows_inst.h"
+#include "_kern_body.h"
+#include "_simd_end.h"
+FR_TARGET_POP
+
+FR_TARGET_PUSH("avx512f,avx2,fma")
+#include "_simd_avx512.h"
+#include "_rows_inst.h"
+#include "_kern_body.h"
+#include "_simd_end.h"
+FR_TARGET_POP
+#endif
+
+/* capability levels, lowest first, as FASTRNN_CPU_CAPABILITY names them */
+#define FR_CAP_LEVELS 3
+static const char *const fr_cap_names[FR_CAP_LEVELS] = {"default", "avx2", "avx512"};
+
+/* the table in use: the portable one until fr_kt_use picks another */
+static fr_ktable fr_kt = {0};
+
+/* The highest level this CPU (and its OS: GCC's checks include the saved register
+ * state) runs. */
+static int fr_cpu_best_level(void)
+{
+#if FR_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+#endif
+    return 0;
+}
+
+/* Use the kernels of `level` (0 default, 1 avx2, 2 avx512): 0 on success, -1 if this CPU
+ * cannot run them. Only while no call runs (at import, or from a test between calls). */
+static int fr_kt_use(int level)
+{
+    if (level < 0 || level >= FR_CAP_LEVELS || level > fr_cpu_best_level())
+        return -1;
+    fr_kt = fr_kernels_default;
+#if FR_X86
+    if (level == 2)
+        fr_kt = fr_kernels_avx512;
+    else if (level == 1)
+        fr_kt = fr_kernels_avx2;
+#endif
+    fr_rows_f_in_use = fr_kt.rows_f;
+    fr_rows_d_in_use = fr_kt.rows_d;
+    return 0;
+}
+
+/* The interface the loops call: the table's kernels and sizes. */
+static inline long fr_panel_width(void) { return fr_kt.nr; }
+static inline long fr_panels(long n) { return (n + fr_kt.nr - 1) / fr_kt.nr; }
+/* floats needed to pack a weight with n output columns and k rows */
+static inline size_t fr_packed_size(long n, long k)
+{
+    return (size_t)fr_panels(n) * (size_t)fr_kt.nr * (size_t)k;
+}
+static inline void fr_pack_panels(int trans, long n, long k, const float *w, long ldw,
+                                  float *packed, long p0, long p1)
+{
+    fr_kt.pack(trans, n, k, w, ldw, packed, p0, p1);
+}
+static inline void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
+                                  const float *packed, float *c, long ldc, int accumulate,
+                                  long p0, long p1)
+{
+    fr_kt.gemm(m, n, k, a, lda, packed, c, ldc, accumulate, p0, p1);
+}
+static inline void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
+                              long ldb, float *c, long ldc, int accumulate, float *bpack)
+{
+    fr_kt.gemm_tn(m, n, K, a, lda, b, ldb, c, ldc, accumulate, bpack);
+}
+static inline void fr_rnn_row_v(int relu, long n, const float *a, const float *gh,
+                                const float *bias, float *o)
+{
+    fr_kt.rnn_row(relu, n, a, gh, bias, o);
+}
+static inline void fr_lstm_row_v(long H, long n, const float *a, const float *gh,
+                                 const float *bias, float *ar, float *c, float *cs, float *o)
+{
+    fr_kt.lstm_row(H, n, a, gh, bias, ar, c, cs, o);
+}
+static inline void fr_gru_row_v(long H, long n, const float *a, const float *gh,
+                                const float *bias, const float *bhn, const float *hp, float *ar,
+                                float *o)
+{
+    fr_kt.gru_row(H, n, a, gh, bias, bhn, hp, ar, o);
+}
+static inline void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk,
+                                   float *a, long SH, const float *bias, const float *bhn,
+                                   float *h, float *c, float *out, float *cs, float *gh,
+                                   const float *x, long nin, const float *pk_ih, float *gx,
+                                   int *progress, int *wait_on, int *sleepers, long chunk)
+{
+    fr_kt.seq1_forward(mode, T, H, reverse, pk, a, SH, bias, bhn, h, c, out, cs, gh, x, nin,
+                       pk_ih, gx, progress, wait_on, sleepers, chunk);
+}
+
+#endif

@@ -1,0 +1,27 @@
+/* Ends the vocabulary of one _simd_*.h, so that the next ISA can define it again. */
+#undef FRV_SUFFIX
+#undef FRV_N
+#undef FRV_NV
+#undef FRV_MR
+#undef FRV_CHAINS
+#undef frv
+#undef frv_zero
+#undef frv_set1
+#undef frv_load
+#undef frv_store
+#undef frv_load_n
+#undef frv_store_n
+#undef frv_add
+#undef frv_sub
+#undef frv_mul
+#undef frv_div
+#undef frv_fma
+#undef frv_fnma
+#undef frv_min
+#undef frv_max
+#undef frv_abs
+#undef frv_copysign_or
+#undef frv_select_lt
+#undef frv_round
+#undef frv_ldexp
+#undef frv_transpose
