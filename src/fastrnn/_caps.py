@@ -173,11 +173,19 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], out: TextIO,
 # ----------------------------------------------------------------------------- what runs
 
 
-def _fastrnn_capability() -> str | None:
+def _fastrnn_capability() -> tuple[str | None, str]:
+    """The kernels fastrnn runs, and the call that told."""
     import fastrnn
 
     get = getattr(fastrnn, "get_cpu_capability", None)
-    return None if get is None else str(get())
+    if get is not None:
+        return str(get()), "fastrnn.get_cpu_capability()"
+    try:
+        from . import _kernels
+    except ImportError:
+        return None, "-"
+    get = getattr(_kernels, "get_cpu_capability", None)
+    return (None, "-") if get is None else (str(get()), "fastrnn._kernels.get_cpu_capability()")
 
 
 def _openblas_kernels() -> list[tuple[str, str]]:
@@ -292,10 +300,9 @@ def report(peers: Sequence[str], cap: str | None = None,
         return None if value is None else f"{var}={value}"
 
     out = []
-    ours = _fastrnn_capability()
+    ours, how = _fastrnn_capability()
     out.append(_entry("fastrnn", ours or "? (this fastrnn has no get_cpu_capability)",
-                      LEVELS.get(ours or ""), cap, setting("FASTRNN_CPU_CAPABILITY"),
-                      "fastrnn.get_cpu_capability()"))
+                      LEVELS.get(ours or ""), cap, setting("FASTRNN_CPU_CAPABILITY"), how))
     blas = _openblas_kernels()
     if blas:
         levels = [_level_of_openblas(k) for _, k in blas]
