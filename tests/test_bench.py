@@ -297,7 +297,8 @@ def test_child_environment_per_capability():
     base = {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576",
             "XLA_FLAGS": "--xla_foo=1"}
     before = dict(base)
-    env = _caps.child_environment("avx2", base, ["--cpu-capability", "avx2"])
+    avx512 = {"sse2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    env = _caps.child_environment("avx2", base, ["--cpu-capability", "avx2"], avx512)
     assert base == before  # the parent's environment is not changed
     assert env["PATH"] == "/bin" and "OPENBLAS_L2_SIZE" not in env
     assert {k: env[k] for k in ("FASTRNN_CPU_CAPABILITY", "OPENBLAS_CORETYPE",
@@ -312,13 +313,21 @@ def test_child_environment_per_capability():
                       "removed": {"OPENBLAS_CORETYPE": "Haswell",
                                   "OPENBLAS_L2_SIZE": "1048576"}}
 
-    env = _caps.child_environment("default", {})
+    env = _caps.child_environment("default", {}, flags=avx512)
     assert (env["FASTRNN_CPU_CAPABILITY"], env["OPENBLAS_CORETYPE"], env["ONEDNN_MAX_CPU_ISA"],
             env["MKL_ENABLE_INSTRUCTIONS"], env["ATEN_CPU_CAPABILITY"], env["XLA_FLAGS"]) == (
         "default", "Prescott", "SSE41", "SSE4_2", "default", "--xla_cpu_max_isa=SSE4_2")
-    env = _caps.child_environment("avx512", {})
+    env = _caps.child_environment("avx512", {}, flags=avx512)
     assert (env["OPENBLAS_CORETYPE"], env["ONEDNN_MAX_CPU_ISA"],
             env["XLA_FLAGS"]) == ("SkylakeX", "AVX512_CORE", "--xla_cpu_max_isa=AVX512")
+    # on a CPU without AVX-512, OpenBLAS and ATen are not forced onto kernels it lacks (the
+    # maxima of the others are harmless); they run below the cap already
+    env = _caps.child_environment("avx512", {}, flags={"sse2", "avx", "avx2", "fma"})
+    assert "OPENBLAS_CORETYPE" not in env and "ATEN_CPU_CAPABILITY" not in env
+    assert (env["FASTRNN_CPU_CAPABILITY"], env["MKL_ENABLE_INSTRUCTIONS"]) == ("avx512",
+                                                                              "AVX512")
+    env = _caps.child_environment("avx2", {}, flags={"sse2", "avx"})
+    assert "OPENBLAS_CORETYPE" not in env and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
     # no cap: only the variables that force OpenBLAS's kernels go
     env = _caps.child_environment(None, base)

@@ -21,6 +21,11 @@ XLA (JAX)     ``XLA_FLAGS``               AVX512       AVX2        SSE4_2
 YNNPACK, which picks its kernels from the CPU and has no cap. onnxruntime's MLAS has none
 either.) OpenBLAS names its x86-64 Prescott (SSE3) kernels "Katmai".
 
+``OPENBLAS_CORETYPE`` and ``ATEN_CPU_CAPABILITY`` force a kernel set rather than cap it (a
+forced set the CPU lacks would die of an illegal instruction), so they are set only when the
+CPU has the cap's instructions; without them the library already runs below the cap. The
+other variables are maxima.
+
 Without a cap the child is needed all the same when the environment sets
 ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` (some machines do): the bench removes them, so
 that OpenBLAS runs the kernels it picks for this CPU, as on a user's machine.
@@ -37,7 +42,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
 __all__ = [
@@ -46,6 +51,7 @@ __all__ = [
     "PARENT_VAR",
     "child_argv",
     "child_environment",
+    "cpu_flags",
     "format_report",
     "needs_child",
     "parent_info",
@@ -73,6 +79,11 @@ OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: its command line). Its presence also keeps the child from starting one of its own.
 PARENT_VAR = "FASTRNN_BENCH_PARENT"
 
+#: Variables that force their kernel set: set only where the CPU has these flags.
+FORCING = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY")
+CPU_FLAGS = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+             "avx2": ("avx2", "fma"), "default": ("sse2",)}
+
 #: Instruction-set levels, to tell whether what a library runs is within a cap.
 LEVELS = {"default": 0, "avx": 1, "avx2": 2, "avx512": 3, "beyond": 4}
 _LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
@@ -97,17 +108,33 @@ def needs_child(cap: str | None, environ: Mapping[str, str]) -> bool:
     return cap is not None or any(v in environ for v in OPENBLAS_VARS)
 
 
-def child_environment(cap: str | None, environ: Mapping[str, str],
-                      argv: Sequence[str] = ()) -> dict[str, str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags as Linux lists them in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def child_environment(cap: str | None, environ: Mapping[str, str], argv: Sequence[str] = (),
+                      flags: Collection[str] | None = None) -> dict[str, str]:
     """The child's environment: ``environ`` without :data:`OPENBLAS_VARS`, with the cap's
     variables (:data:`CAP_ENV`, ``--xla_cpu_max_isa`` appended to ``XLA_FLAGS``) when ``cap``
-    is given, and :data:`PARENT_VAR` telling the child what was asked."""
+    is given, those of :data:`FORCING` only where the CPU's ``flags`` (default
+    :func:`cpu_flags`) have the cap's instructions, and :data:`PARENT_VAR` telling the child
+    what was asked."""
     if cap is not None and cap not in CAP_ENV:
         raise ValueError(f"cpu capability must be one of {', '.join(CAPABILITIES)}, got {cap!r}")
     env = dict(environ)
     removed = {v: env.pop(v) for v in OPENBLAS_VARS if v in env}
     if cap is not None:
-        env.update(CAP_ENV[cap])
+        has = set(cpu_flags() if flags is None else flags)
+        forcible = all(f in has for f in CPU_FLAGS[cap])
+        env.update({k: v for k, v in CAP_ENV[cap].items() if forcible or k not in FORCING})
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                             f" --xla_cpu_max_isa={XLA_MAX_ISA[cap]}").strip()
     env[PARENT_VAR] = json.dumps({"cap": cap, "removed": removed, "argv": list(argv)})
