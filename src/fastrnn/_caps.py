@@ -21,10 +21,10 @@ XLA (JAX)     ``XLA_FLAGS``               AVX512       AVX2        SSE4_2
 YNNPACK, which picks its kernels from the CPU and has no cap. onnxruntime's MLAS has none
 either.) OpenBLAS names its x86-64 Prescott (SSE3) kernels "Katmai".
 
-``OPENBLAS_CORETYPE`` and ``ATEN_CPU_CAPABILITY`` force a kernel set rather than cap it (a
-forced set the CPU lacks would die of an illegal instruction), so they are set only when the
-CPU has the cap's instructions; without them the library already runs below the cap. The
-other variables are maxima.
+``OPENBLAS_CORETYPE`` forces a kernel set rather than capping it (a set the CPU lacks dies of
+an illegal instruction), and PyTorch's dispatcher takes ``ATEN_CPU_CAPABILITY`` as given;
+so these two are set only when the CPU has the cap's instructions (without them the library
+already runs below the cap). The other variables are maxima.
 
 Without a cap the child is needed all the same when the environment sets
 ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` (some machines do): the bench removes them, so
@@ -36,7 +36,9 @@ logs in a short probe process with the same environment.
 """
 from __future__ import annotations
 
+import codecs
 import json
+import locale
 import os
 import re
 import subprocess
@@ -170,9 +172,14 @@ def parent_info(environ: Mapping[str, str] | None = None) -> dict[str, Any] | No
 
 
 def _pump(src: Any, dst: TextIO) -> None:
-    for chunk in iter(lambda: src.read(256), ""):
-        dst.write(chunk)
+    """Copy the bytes of the pipe ``src`` to the text stream ``dst`` as they come (a
+    progress bar's updates end in no newline), decoded as the child encodes them."""
+    decoder = codecs.getincrementaldecoder(locale.getpreferredencoding(False))("replace")
+    for chunk in iter(lambda: src.read1(4096), b""):
+        dst.write(decoder.decode(chunk))
         dst.flush()
+    dst.write(decoder.decode(b"", final=True))
+    dst.flush()
 
 
 def run_child(argv: Sequence[str], env: Mapping[str, str], out: TextIO,
@@ -180,7 +187,7 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], out: TextIO,
     """Run ``python -m fastrnn bench argv`` with ``env``; its output goes to ``out`` (and its
     progress to ``err``, or to this process's stderr); return its exit code."""
     cmd = [sys.executable, "-m", "fastrnn", "bench", *argv]
-    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE,
                             stderr=None if err is None else subprocess.PIPE)
     pump = None
     if err is not None:
@@ -369,7 +376,8 @@ def report(peers: Sequence[str], cap: str | None = None,
             runs, level = "? (no cap seen in XLA's log)", None
         out.append(_entry("jax XLA", runs, level, cap,
                           None if flag is None else f"--xla_cpu_max_isa={flag.group(1)}",
-                          "XLA's compiler log in a probe process" if found else "XLA_FLAGS"))
+                          "XLA's compiler log in a probe process" if found
+                          else "-" if flag is None else "XLA_FLAGS, not probed"))
         if found.get("matmul") in ("YNNPACK", "XNNPACK"):
             out.append(_entry(f"jax matmuls ({found['matmul']})",
                               "kernels for this CPU: no setting caps them", None, cap, None,
