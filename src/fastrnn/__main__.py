@@ -7,7 +7,8 @@ USAGE = """usage: python -m fastrnn COMMAND [options]
 
 commands:
   demo NAME   run a demo (python -m fastrnn demo --help lists them)
-  bench       benchmark fastrnn against PyTorch and JAX (python -m fastrnn bench --help)
+  bench       benchmark fastrnn against PyTorch, JAX and onnxruntime
+              (python -m fastrnn bench --help)
 """
 
 
