@@ -86,7 +86,7 @@ FR_TARGET_PUSH("avx2,fma")
 #include "_simd_end.h"
 FR_TARGET_POP
 
-FR_TARGET_PUSH("avx512f,avx2,fma")
+FR_TARGET_PUSH("avx512f")
 #include "_simd_avx512.h"
 #include "_rows_inst.h"
 #include "_kern_body.h"

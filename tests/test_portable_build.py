@@ -1,0 +1,61 @@
+"""The kernel table compiled apart from the package build, by the compilers and for the
+targets this machine has: gcc and clang natively (every level the CPU runs), and the
+portable kernels for aarch64 with a cross compiler, run under qemu-aarch64 when it is
+installed. Each build runs tests/c/kernel_selftest.c (the GEMM against a plain loop, the
+vector cells against the scalar rows). The headers are the installed package's."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import fastrnn
+
+HEADERS = Path(fastrnn.__file__).parent
+SELFTEST = Path(__file__).parent / "c" / "kernel_selftest.c"
+FLAGS = ["-D_GNU_SOURCE", "-O2", "-Wall", "-Werror", "-Wno-unused-function",
+         "-fno-trapping-math", f"-I{HEADERS}"]
+LIBS = ["-lm", "-lpthread", "-ldl"]
+
+
+def _need(tool):
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+def _build(cc, out, *extra):
+    res = subprocess.run([cc, *FLAGS, *extra, str(SELFTEST), "-o", str(out), *LIBS],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def _run(cmd):
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.split("\n")
+
+
+def test_headers_are_installed():
+    for name in ("_ktable.h", "_kern_body.h", "_simd_default.h", "_cellmath_rows.h"):
+        assert (HEADERS / name).is_file(), name
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_native_build_passes_on_every_level(cc, tmp_path):
+    _build(_need(cc), tmp_path / "selftest")
+    lines = _run([str(tmp_path / "selftest")])
+    from fastrnn import _kernels
+
+    want = [f"{cap}: ok" for cap in _kernels.supported_cpu_capabilities()]
+    assert [line for line in lines if line] == want
+
+
+def test_aarch64_build_of_the_portable_kernels(tmp_path):
+    cc = _need("aarch64-linux-gnu-gcc")
+    _build(cc, tmp_path / "selftest", "-static")
+    qemu = shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.skip("built; qemu-aarch64 is not installed to run it")
+    assert [line for line in _run([qemu, str(tmp_path / "selftest")]) if line] == ["default: ok"]
