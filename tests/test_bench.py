@@ -431,8 +431,10 @@ def test_header_names_the_caps_and_the_fma_peak():
     assert "  torch oneDNN: Intel AVX-512 [NOT honoured] (ONEDNN_MAX_CPU_ISA=AVX2;" in text
     assert "  onnxruntime MLAS: kernels for this CPU: no setting caps them [not capped]" in text
     assert ("FMA peak: 40.0 GF/s on 1 thread, 80.0 GF/s on 2 (fastrnn._kernels.fma_peak: "
-            "independent FMA chains, capability avx2); fma% = fastrnn GF/s / the 2-thread "
-            "peak") in text
+            "independent float32 FMA chains, capability avx2); fma% = fastrnn GF/s / the "
+            "2-thread peak\n") in text
+    text = bench.format_header(env, bench.TimingSettings(), 1e-6, "float64")
+    assert "2-thread peak; float64: against half of it (half the lanes)" in text
 
     env = _env(cpu_capability={"asked": None, "removed": {"OPENBLAS_CORETYPE": "Haswell",
                                                           "OPENBLAS_L2_SIZE": "1"},
@@ -467,6 +469,10 @@ def test_fma_peak_and_its_share(monkeypatch, restore_threads):
     row = out.split("\n\n")[-1].splitlines()[2].split()
     gflops, share = float(row[6]), row[9]
     assert share == f"{gflops / 50.0:.0%}"
+    code, out = run_main(["--quick", *TINY, "--cells", "rnn", "--pass", "inference",
+                          "--peers", "none", "--threads", "1", "--dtype", "float64"])
+    row = out.split("\n\n")[-1].splitlines()[2].split()
+    assert code == 0 and row[9] == f"{float(row[6]) / 25.0:.0%}"
 
 
 def test_cpu_capability_runs_the_bench_in_a_child(tmp_path):

@@ -273,7 +273,7 @@ class GemmProbe:
 
 
 def fma_peak(threads: int, seconds: float = 0.2) -> dict | None:
-    """GFLOP/s of independent FMA chains with the instruction set fastrnn's kernels use
+    """GFLOP/s of independent float32 FMA chains with the instruction set fastrnn's kernels use
     (``fastrnn._kernels.fma_peak``), on one thread and on ``threads``: the arithmetic
     ceiling the points are measured against. None where this fastrnn lacks the probe."""
     try:
@@ -534,10 +534,12 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     fma = env.get("fma_peak")
     ours = next((e["runs"] for e in capability["libraries"] if e["library"] == "fastrnn"), "?")
     if fma:
+        half = ("; float64: against half of it (half the lanes)" if dtype == "float64"
+                else "")
         lines.append(f"FMA peak: {fma['gflops_1']:.1f} GF/s on 1 thread, {fma['gflops']:.1f} "
-                     f"GF/s on {fma['threads']} (fastrnn._kernels.fma_peak: independent FMA "
-                     f"chains, capability {ours}); fma% = fastrnn GF/s / the "
-                     f"{fma['threads']}-thread peak")
+                     f"GF/s on {fma['threads']} (fastrnn._kernels.fma_peak: independent float32 "
+                     f"FMA chains, capability {ours}); fma% = fastrnn GF/s / the "
+                     f"{fma['threads']}-thread peak{half}")
     else:
         lines.append("FMA peak: not measured (this fastrnn has no _kernels.fma_peak)")
     control = "; ".join(f"{k}: {v}" for k, v in env["thread_control"].items())
@@ -845,8 +847,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     load = OtherLoad().start()
     with Progress(total=len(plan.points) * len(plan.passes), desc="bench",
                   file=progress_file or sys.stderr) as bar:
-        records = run(plan.points, plan.passes, plan.peers, plan.settings, bar, overhead,
-                      fma["gflops"] if fma else None)
+        peak = None if fma is None else fma["gflops"] / (2 if args.dtype == "float64" else 1)
+        records = run(plan.points, plan.passes, plan.peers, plan.settings, bar, overhead, peak)
     other_cpus = load.stop()
     table = format_table(records, plan.peers)
     if other_cpus is not None and other_cpus > LOAD_WARNING * env["cpus"]:
