@@ -16,10 +16,14 @@
 
 /* exp for float: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, a degree-6
  * polynomial for e^r (coefficients of the Cephes expf), and 2^n built in the exponent
- * bits. Relative error about 2 ulp. Clamped so 2^n stays a normal number: e^-87 is
- * 1.6e-38, which is 0 for every use here. NaN passes through the clamps and stays NaN. */
+ * bits. Relative error about 2 ulp. Computed on x clamped to [-87, 88], so that 2^n
+ * stays a normal number (e^-87 is 1.6e-38, which is 0 for every use here); beyond
+ * ln(FLT_MAX) the result is +inf, as expf's, so that a sigmoid of -inf is exactly 0 and
+ * Inf and NaN spread through the cells as through torch's. NaN stays NaN. */
+#define FR_EXPF_OVERFLOW 88.72283935546875f /* above this, e^x is beyond FLT_MAX */
 static inline float fr_expf(float x)
 {
+    float x0 = x;
     x = x > 88.0f ? 88.0f : x;
     x = x < -87.0f ? -87.0f : x;
     /* round to nearest by adding 1.5 * 2^23: no floor(), which SSE2 cannot vectorise */
@@ -31,7 +35,7 @@ static inline float fr_expf(float x)
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x0 > FR_EXPF_OVERFLOW ? INFINITY : p * scale;
 }
 
 /* tanh for float: an odd polynomial near 0 (Cephes tanhf coefficients), where

@@ -89,7 +89,9 @@ static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h,
                                         const FR_T *restrict dh, FR_T *restrict dg)
 {
     for (long j = 0; j < H; j++)
-        dg[j] = relu ? (h[j] > 0 ? dh[j] : 0) : dh[j] * (1 - h[j] * h[j]);
+        /* relu: a product, not a choice, so that a NaN gradient stays NaN (as in the
+         * reference and torch) */
+        dg[j] = relu ? dh[j] * (FR_T)(h[j] > 0) : dh[j] * (1 - h[j] * h[j]);
 }
 
 /* dc carries dL/dc_t in and dL/dc_{t-1} out; dm is dL/dm_t, m = o * tanh(c_t). */

@@ -283,10 +283,12 @@ static void FR_ISA(fr_gemm_tn)(long m, long n, long K, const float *a, long lda,
 }
 
 /* exp on a vector, as the scalar fr_expf of _cellmath.h: Cody-Waite range reduction
- * x = n ln2 + r, a degree-6 polynomial for e^r, then p * 2^n. The constant is the first
- * operand of min/max so that NaN (the second) passes through. */
+ * x = n ln2 + r, a degree-6 polynomial for e^r, then p * 2^n, and +inf beyond
+ * ln(FLT_MAX). The constant is the first operand of min/max so that NaN (the second)
+ * passes through. */
 FRK frv FR_ISA(fr_vexp)(frv x)
 {
+    frv x0 = x;
     x = frv_min(frv_set1(88.0f), x);
     x = frv_max(frv_set1(-87.0f), x);
     frv n = frv_round(frv_mul(x, frv_set1(1.44269504088896341f)));
@@ -299,7 +301,7 @@ FRK frv FR_ISA(fr_vexp)(frv x)
     p = frv_fma(p, r, frv_set1(1.6666665459e-1f));
     p = frv_fma(p, r, frv_set1(5.0000001201e-1f));
     p = frv_fma(frv_mul(p, r), r, frv_add(r, frv_set1(1.0f)));
-    return frv_ldexp(p, n);
+    return frv_select_lt(frv_set1(FR_EXPF_OVERFLOW), x0, frv_set1(INFINITY), frv_ldexp(p, n));
 }
 
 /* tanh: the odd polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) with x's sign above
