@@ -702,7 +702,7 @@ class RNNBase:
         lstm = self._mode == "LSTM"
         xu, T, B, batched = self._check_x(x)
         h0, h0u, c0, c0u = self._check_hx(hx, B, batched)
-        gen = _check_rng(rng)
+        gen = None if rng is None else _check_rng(rng)
         bf = batched and self._batch_first
         if lengths is not None:
             lens = self._check_lengths(lengths, T, B)
