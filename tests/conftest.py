@@ -91,3 +91,22 @@ skip_no_compiled = pytest.mark.skipif(
 )
 
 BACKENDS = ["reference", pytest.param("compiled", marks=skip_no_compiled)]
+
+
+# ---- hypothesis profiles
+# The suite's runs (CI's included) use "ci": few examples, no deadline (a call's first run
+# builds the kernel's workspaces, and two other processes may share the cores), so that
+# the fuzz tests take seconds. FASTRNN_HYPOTHESIS_PROFILE=thorough runs many more. Tests
+# that set max_examples themselves keep their own count.
+try:
+    from hypothesis import HealthCheck
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # the test extra brings hypothesis; without it those tests fail alone
+    pass
+else:
+    _hypothesis_settings.register_profile(
+        "ci", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    _hypothesis_settings.register_profile(
+        "thorough", max_examples=1000, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow])
+    _hypothesis_settings.load_profile(os.environ.get("FASTRNN_HYPOTHESIS_PROFILE", "ci"))

@@ -12,6 +12,12 @@
  * The thread count of a call is the BLAS's own setting (OPENBLAS_NUM_THREADS,
  * threadpoolctl limits), capped by fr_threads_cap; where that BLAS cannot be
  * controlled (another BLAS, an OpenMP build), calls run on one thread as before.
+ *
+ * That setting is one count for the whole process (OpenBLAS with pthreads; its
+ * openblas_set_num_threads_local sets the same count), which the user's threadpoolctl
+ * limits and other Python threads' calls change too, so the hold composes with them
+ * (fr_blas_hold): calls that overlap hold it together, and the count is put back only
+ * if it is still the one the hold set.
  */
 #ifndef FASTRNN_POOL_H
 #define FASTRNN_POOL_H
@@ -53,11 +59,17 @@ static struct {
     int bar_count, bar_sense;
     int pending_sleepers, bar_sleepers; /* threads asleep (or going to sleep) on those */
     int sense[FR_MAX_THREADS];
-    int saved_blas_threads;
-    int held; /* a call holds the pool (and has set BLAS to one thread) */
-    int restore_blas_threads; /* in a child forked while held: the count to put back */
     int atfork_done;
 } fr_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+/* The holds of BLAS at one thread in force (fr_blas_hold), under `lock`. */
+static struct {
+    pthread_mutex_t lock;
+    int count; /* calls holding */
+    int saved; /* the count to put back, if `owed` */
+    int owed; /* the holds set the count to one: put `saved` back when the last ends */
+    int restore_in_child; /* in a child forked while held: the count to put back */
+} fr_hold = {PTHREAD_MUTEX_INITIALIZER};
 
 static void (*fr_blas_set_threads)(int) = NULL;
 static int (*fr_blas_get_threads)(void) = NULL;
@@ -102,6 +114,36 @@ static int fr_blas_bind(void *blas_symbol)
             return 1;
         }
     return 0;
+}
+
+/* Hold scipy's BLAS at one thread for a call; fr_blas_release ends the hold. Holds of
+ * several Python threads' calls overlap: the count is read where it is not one (the
+ * first hold, or a hold that finds the count changed by someone else since the last
+ * hold set it), saved and set to one; when the last hold ends, the saved count is put
+ * back only if the count is still one: a count the user set meanwhile (threadpoolctl)
+ * stays. */
+static void fr_blas_hold(void)
+{
+    pthread_mutex_lock(&fr_hold.lock);
+    int n = fr_blas_get_threads();
+    if (n != 1) {
+        fr_hold.saved = n;
+        fr_hold.owed = 1;
+        fr_blas_set_threads(1);
+    }
+    fr_hold.count++;
+    pthread_mutex_unlock(&fr_hold.lock);
+}
+
+static void fr_blas_release(void)
+{
+    pthread_mutex_lock(&fr_hold.lock);
+    if (--fr_hold.count == 0 && fr_hold.owed) {
+        if (fr_blas_get_threads() == 1)
+            fr_blas_set_threads(fr_hold.saved);
+        fr_hold.owed = 0;
+    }
+    pthread_mutex_unlock(&fr_hold.lock);
 }
 
 /* Waiting: spin a while (the partner is usually microseconds away), then sleep on the
@@ -196,9 +238,10 @@ static void *fr_worker(void *arg)
 }
 
 /* A forked child has none of the parent's workers: start again from none. If the fork
- * came while another thread's call held the pool, the child's BLAS is still set to one
- * thread; fr_pool_after_fork_child puts the count back from ordinary code (the child side
- * of an atfork handler is no place to call into OpenBLAS). */
+ * came while other threads' calls held BLAS at one thread, the child's BLAS is still set
+ * to one thread and none of those calls runs in the child; fr_pool_after_fork_child puts
+ * the count back from ordinary code (the child side of an atfork handler is no place to
+ * call into OpenBLAS), as the last hold's end would have. */
 static void fr_pool_atfork_child(void)
 {
     pthread_mutex_init(&fr_pool.busy, NULL);
@@ -206,15 +249,17 @@ static void fr_pool_atfork_child(void)
     pthread_cond_init(&fr_pool.wake, NULL);
     fr_pool.started = 0;
     fr_pool.asleep = 0;
-    fr_pool.restore_blas_threads = fr_pool.held ? fr_pool.saved_blas_threads : 0;
-    fr_pool.held = 0;
+    pthread_mutex_init(&fr_hold.lock, NULL);
+    fr_hold.restore_in_child = fr_hold.count > 0 && fr_hold.owed ? fr_hold.saved : 0;
+    fr_hold.count = 0;
+    fr_hold.owed = 0;
 }
 
 static void fr_pool_after_fork_child(void)
 {
-    if (fr_pool.restore_blas_threads > 0 && fr_blas_set_threads)
-        fr_blas_set_threads(fr_pool.restore_blas_threads);
-    fr_pool.restore_blas_threads = 0;
+    if (fr_hold.restore_in_child > 0 && fr_blas_get_threads && fr_blas_get_threads() == 1)
+        fr_blas_set_threads(fr_hold.restore_in_child);
+    fr_hold.restore_in_child = 0;
 }
 
 /* Whether every worker is awake (spinning or working), not waiting on `wake`. */
@@ -236,13 +281,15 @@ static void fr_pool_nudge(long spins)
 
 /* Take the pool for a call that could use up to `want` threads. Returns the thread count
  * to run with; with warm_spins > 0, one unless the workers are awake (woken now for the
- * next call if not, to spin warm_spins pause loops: fr_pool_nudge). *held says whether
- * the call holds the pool, with BLAS set to one thread, until fr_pool_end(*held): always
- * above one thread, and on one thread too if `hold_blas`, so that a call we run on one
- * thread does not wake BLAS's own threads:
+ * next call if not, to spin warm_spins pause loops: fr_pool_nudge). *held says what the
+ * call holds until fr_pool_end(*held): 1 the pool, with BLAS held at one thread
+ * (fr_blas_hold), always above one thread, and on one thread too if `hold_blas`, so that
+ * a call we run on one thread does not wake BLAS's own threads:
  * OpenBLAS's idle threads spin about 0.1 s after their last product, and a units split
  * that came next shared a core with one (T=100, B=1, H=128: 0.1 -> 11 ms a call).
- * A call that finds the pool taken (another Python thread's) runs on one thread. */
+ * A call that finds the pool taken (another Python thread's) runs on one thread; with
+ * `hold_blas` it holds BLAS at one thread beside the pool's holder (*held = 2), so that
+ * the holder's end does not wake BLAS's threads under it. */
 static int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
 {
     *held = 0;
@@ -252,8 +299,13 @@ static int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
         want = FR_MAX_THREADS;
     if ((want <= 1 && !hold_blas) || !fr_blas_get_threads)
         return 1;
-    if (pthread_mutex_trylock(&fr_pool.busy) != 0)
+    if (pthread_mutex_trylock(&fr_pool.busy) != 0) {
+        if (hold_blas) {
+            fr_blas_hold();
+            *held = 2;
+        }
         return 1;
+    }
     int blas = fr_blas_get_threads();
     int nth = blas < want ? blas : want;
     if (nth < 1)
@@ -284,9 +336,7 @@ static int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
         pthread_mutex_unlock(&fr_pool.busy);
         return 1;
     }
-    fr_pool.saved_blas_threads = blas;
-    fr_blas_set_threads(1);
-    fr_pool.held = 1;
+    fr_blas_hold();
     *held = 1;
     return nth;
 }
@@ -295,9 +345,9 @@ static void fr_pool_end(int held)
 {
     if (!held)
         return;
-    fr_pool.held = 0;
-    fr_blas_set_threads(fr_pool.saved_blas_threads);
-    pthread_mutex_unlock(&fr_pool.busy);
+    fr_blas_release();
+    if (held == 1)
+        pthread_mutex_unlock(&fr_pool.busy);
 }
 
 /* Run fn(ctx, tid, nth) on threads 0 .. nth-1 (this one is 0) and wait for all. */

@@ -1,7 +1,13 @@
 """How many threads a layer call may use (``fastrnn.set_num_threads``)."""
 from __future__ import annotations
 
+import operator
+
+import numpy as np
+
 from . import _kernels
+
+_INT_MAX = 2**31 - 1
 
 
 def set_num_threads(n: int) -> None:
@@ -13,9 +19,18 @@ def set_num_threads(n: int) -> None:
     one sequence splits its hidden units between the threads (H a multiple of 128), or
     else projects its inputs on them and runs its steps on one; when it is small, only
     while the threads are awake from a call just before. A small call runs on one thread.
+
+    ``n`` is an int in [1, 2**31 - 1] (any integer type: ``operator.index``); a cap above
+    the pool's size (64 threads) acts as that size.
     """
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    try:
+        if isinstance(n, (bool, np.bool_)):
+            raise TypeError
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}") from None
+    if not 1 <= n <= _INT_MAX:
+        raise ValueError(f"n must be an int in [1, {_INT_MAX}], got {n}")
     _kernels.set_max_threads(n)
 
 

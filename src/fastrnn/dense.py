@@ -14,6 +14,8 @@ from typing import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .io import _cast_in_range
+
 __all__ = ["Dense", "DenseCache"]
 
 
@@ -83,8 +85,9 @@ class Dense:
 
     def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         """Copy parameters in from a mapping of array-likes (e.g. a torch state_dict
-        converted with ``.numpy()``). Missing, extra or misshaped entries: ValueError;
-        non-real values: TypeError; nothing is changed unless every entry is valid."""
+        converted with ``.numpy()``). Missing, extra or misshaped entries, and values beyond
+        the range of the layer's dtype: ValueError; non-real values: TypeError; nothing is
+        changed unless every entry is valid."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         shapes = self._shapes()
@@ -100,12 +103,18 @@ class Dense:
                 raise TypeError(f"state_dict[{k!r}] must hold real numbers, got dtype {v.dtype}")
             if v.shape != shapes[k]:
                 raise ValueError(f"state_dict[{k!r}] must have shape {shapes[k]}, got {v.shape}")
+            new[k] = _cast_in_range(v, self.dtype, f"state_dict[{k!r}]")
         for k, v in new.items():
             self.params[k][...] = v  # in place: optimizers hold these arrays
 
     # -------------------------------------------------------------- compute
 
     def _input(self, x: ArrayLike) -> np.ndarray:
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                "x is a masked array (numpy.ma), whose mask would be ignored: pass a plain "
+                "array (e.g. x.filled(0))"
+            )
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"x must be a floating array, got dtype {x.dtype}")
@@ -144,6 +153,11 @@ class Dense:
         """
         if not isinstance(cache, DenseCache) or cache.layer is not self:
             raise ValueError("cache must come from this layer's forward()")
+        if isinstance(dy, np.ma.MaskedArray):
+            raise TypeError(
+                "dy is a masked array (numpy.ma), whose mask would be ignored: pass a plain "
+                "array (e.g. dy.filled(0))"
+            )
         dy = np.asarray(dy)
         expected = cache.shape + (self.out_features,)
         if dy.shape != expected:

@@ -55,6 +55,25 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def _cast_in_range(a: Any, dtype: Any, name: str) -> np.ndarray:
+    """The real array ``a`` cast to the floating ``dtype``; ValueError naming ``name`` if
+    a finite value is beyond the dtype's range (the cast would make it inf)."""
+    a = np.asarray(a)
+    dtype = np.dtype(dtype)
+    if a.dtype.kind != "f" or a.dtype.itemsize <= dtype.itemsize:
+        return a.astype(dtype, copy=False)  # integers and narrower floats always fit
+    with np.errstate(over="ignore"):
+        out = a.astype(dtype)
+    beyond = np.isinf(out) & np.isfinite(a)
+    if beyond.any():
+        raise ValueError(
+            f"{name} has values beyond the range of {dtype} (largest magnitude "
+            f"{np.max(np.abs(a[beyond])):.6g}; {dtype} holds magnitudes up to "
+            f"{np.finfo(dtype).max:.6g})"
+        )
+    return out
+
+
 def save(path: PathLike, state: Mapping[str, Any], compress: bool = False) -> None:
     """Write ``state`` (a possibly nested dict of array-likes) to the ``.npz`` file ``path``.
 

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._spec import CellSpec
+from .io import _cast_in_range
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
@@ -85,6 +86,8 @@ def _as_float(a: Any, name: str) -> np.ndarray:
     if type(a) is not np.ndarray:
         if a is None:
             raise TypeError(f"{name} must be a floating-point array, got None")
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(_masked_message(name))
         try:
             a = np.asarray(a)
         except Exception as exc:  # e.g. ragged nested lists
@@ -95,6 +98,34 @@ def _as_float(a: Any, name: str) -> np.ndarray:
             f"got dtype {a.dtype}"
         )
     return a
+
+
+def _masked_message(name: str) -> str:
+    hint = (
+        "to leave out steps at the end of sequences, pass their lengths with lengths= "
+        "and a plain array (e.g. x.filled(0))"
+        if name == "x"
+        else "pass a plain array (e.g. np.ma.getdata or .filled(0))"
+    )
+    return f"{name} is a masked array (numpy.ma), whose mask would be ignored: {hint}"
+
+
+def _check_rng(rng: Any):
+    """``rng`` as a numpy Generator (or None): a Generator itself, or a seed that
+    ``np.random.default_rng`` takes (an int >= 0, a sequence of them, a SeedSequence or a
+    BitGenerator)."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    expected = (
+        "rng must be None, a numpy Generator or a seed for numpy.random.default_rng "
+        "(an int >= 0, a sequence of them, a SeedSequence or a BitGenerator)"
+    )
+    if isinstance(rng, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{expected}, got {type(rng).__name__} {rng!r}")
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{expected}, got {type(rng).__name__} {rng!r}") from None
 
 
 def _contig(a: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -353,8 +384,9 @@ class RNNBase:
         state_dict). Values are converted to the layer's dtype and copied into the existing
         arrays of ``params`` (so references held by an optimizer stay valid).
 
-        Raises ValueError for missing, extra or misshaped entries (naming them) and TypeError
-        for non-floating values; nothing is changed when it raises."""
+        Raises ValueError for missing, extra or misshaped entries and for values beyond the
+        range of the layer's dtype (naming them), and TypeError for values that are not
+        real numbers; nothing is changed when it raises."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping, got {type(state).__name__}")
         keys = list(state.keys())
@@ -375,7 +407,7 @@ class RNNBase:
                 raise TypeError(f"load_state_dict: {name} must be real numbers, got {a.dtype}")
             if a.shape != shape:
                 bad.append(f"{name}: expected {_shape_str(shape)}, got {_shape_str(a.shape)}")
-            new[name] = a
+            new[name] = _cast_in_range(a, self._dtype, f"load_state_dict: {name}")
         if bad:
             raise ValueError("load_state_dict: misshaped entries: " + "; ".join(bad))
         for name, a in new.items():
@@ -397,7 +429,11 @@ class RNNBase:
 
         The checked dicts are remembered with the identity of the arrays they came from:
         as long as ``params`` holds the same array objects (updated in place or not), the
-        next call only compares identities."""
+        next call only compares identities. An array can also change its shape or dtype
+        in place (``a.shape = ...``, ``a.dtype = ...``): the compiled kernels check every
+        array they get and refuse such a change, and :meth:`_named_param_error` then
+        names the parameter; for the reference backend, which checks nothing, the shapes
+        and dtypes are compared here too."""
         params = self.params
         memo = self._wmemo
         if memo is not None:
@@ -405,6 +441,12 @@ class RNNBase:
                 if params.get(name) is not a:
                     memo = None
                     break
+            else:
+                if self._backend_name != "compiled":
+                    for (_, a), (shape, dtype) in zip(memo[0], memo[2]):
+                        if a.shape != shape or a.dtype is not dtype:
+                            memo = None
+                            break
         if memo is None:
             memo = self._check_weights()
             self._wmemo = memo
@@ -414,11 +456,22 @@ class RNNBase:
             res = [{k: (None if v is None else cp(v)) for k, v in p.items()} for p in res]
         return res
 
+    def _named_param_error(self):
+        """After the backend refused its arrays: the error that names a parameter changed
+        in place since it was checked (see :meth:`_weights`), or None if none was."""
+        self._wmemo = None
+        try:
+            self._wmemo = self._check_weights()
+        except (TypeError, ValueError) as err:
+            return err
+        return None
+
     def _check_weights(self):
         params = self.params
         dt = self._dtype
         res = []
         seen = []
+        meta = []  # (shape, dtype) of each array in seen
         for info in self._pinfo:
             p = {"bias_ih": None, "bias_hh": None, "weight_hr": None}
             for short, full, shape in info:
@@ -427,6 +480,7 @@ class RNNBase:
                 except KeyError:
                     raise ValueError(f"params is missing {full!r}") from None
                 seen.append((full, a))
+                meta.append((getattr(a, "shape", None), getattr(a, "dtype", None)))
                 if (
                     type(a) is not np.ndarray
                     or a.dtype != dt
@@ -445,7 +499,7 @@ class RNNBase:
                     a = np.array(a, dtype=dt, order="C", copy=True)
                 p[short] = a
             res.append(p)
-        return seen, res
+        return seen, res, meta
 
     def _const(self, key, make):
         """A small read-only array remembered per key (batch_sizes, zero states)."""
@@ -546,6 +600,10 @@ class RNNBase:
                 isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
                 for v in lens
             ):
+                # Python ints, maybe beyond int64: checked before they are converted
+                lo, hi = min(int(v) for v in lens), max(int(v) for v in lens)
+                if lo < 1 or hi > T:
+                    raise ValueError(f"lengths must be in [1, T={T}], got min {lo} and max {hi}")
                 lens = lens.astype(np.int64)
             else:
                 raise ValueError(f"lengths must be integers, got dtype {lens.dtype}")
@@ -565,11 +623,17 @@ class RNNBase:
         ``h0=`` is accepted as another name for ``hx``."""
         if h0 is not None:
             hx = _alias(hx, h0)
-        if hx is None and lengths is None and self._plain:
-            res = self._plain_call(x)
-            if res is not None:
-                return res
-        out, hn, cn, _ = self._forward(x, hx, lengths, False, None)
+        try:
+            if hx is None and lengths is None and self._plain:
+                res = self._plain_call(x)
+                if res is not None:
+                    return res
+            out, hn, cn, _ = self._forward(x, hx, lengths, False, None)
+        except (TypeError, ValueError):
+            err = self._named_param_error()
+            if err is not None:
+                raise err from None
+            raise
         return (out, (hn, cn)) if self._mode == "LSTM" else (out, hn)
 
     def _plain_call(self, x):
@@ -621,7 +685,13 @@ class RNNBase:
         ``h0=`` is accepted as another name for ``hx``."""
         if h0 is not None:
             hx = _alias(hx, h0)
-        out, hn, cn, cache = self._forward(x, hx, lengths, True, rng)
+        try:
+            out, hn, cn, cache = self._forward(x, hx, lengths, True, rng)
+        except (TypeError, ValueError):
+            err = self._named_param_error()
+            if err is not None:
+                raise err from None
+            raise
         return (out, (hn, cn), cache) if self._mode == "LSTM" else (out, hn, cache)
 
     # ------------------------------------------------------------------ forward
@@ -632,6 +702,7 @@ class RNNBase:
         lstm = self._mode == "LSTM"
         xu, T, B, batched = self._check_x(x)
         h0, h0u, c0, c0u = self._check_hx(hx, B, batched)
+        gen = None if rng is None else _check_rng(rng)
         bf = batched and self._batch_first
         if lengths is not None:
             lens = self._check_lengths(lengths, T, B)
@@ -701,10 +772,6 @@ class RNNBase:
         weights = self._weights(copy=training)
         be = self._be
         p = self._dropout if training else 0.0
-        if p > 0.0 and L > 1:
-            gen = rng if isinstance(rng, np.random.Generator) else (
-                np.random.default_rng(rng) if rng is not None else None
-            )
         hns = []
         cns = []
         layer_caches = []

@@ -209,6 +209,12 @@ class Model:
 
     def _sequence(self, x: ArrayLike, size: int, name: str = "x") -> np.ndarray:
         """``x`` as ``(T, B, size)`` floats of the model's dtype; ``(T, B)`` ints are one-hot."""
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                f"{name} is a masked array (numpy.ma), whose mask would be ignored: to leave "
+                "out steps at the end of sequences, pass their lengths and a plain array "
+                f"(e.g. {name}.filled(0))"
+            )
         a = np.asarray(x)
         if a.dtype.kind in "iu":
             if a.ndim != 2:
