@@ -688,6 +688,10 @@ def set_threads(n: int, peers: Sequence[str] = ("torch", "jax", "onnxruntime")
         import threadpoolctl
 
         global _THREADPOOL_LIMITS
+        if _THREADPOOL_LIMITS is not None:
+            # a second call: back to the limits from before the first, which the new
+            # limits then keep as their originals
+            _THREADPOOL_LIMITS.restore_original_limits()
         _THREADPOOL_LIMITS = threadpoolctl.threadpool_limits(limits=n)
         apis = sorted(info["internal_api"] for info in threadpoolctl.threadpool_info())
         done["blas/openmp"] = f"threadpoolctl limits={n} on {', '.join(apis) or 'nothing'}"
