@@ -32,7 +32,7 @@ extensions = [
         include_dirs=["src/fastrnn", np.get_include()],
         depends=[f"src/fastrnn/{name}" for name in (
             "_ktable.h", "_kern_body.h", "_simd_avx512.h", "_simd_avx2.h", "_simd_default.h",
-            "_simd_end.h", "_cellmath.h", "_cellmath_rows.h", "_rows_inst.h", "_pool.h",
+            "_simd_end.h", "_stop.h", "_cellmath.h", "_cellmath_rows.h", "_rows_inst.h", "_pool.h",
             "_cellmath.pxd", "_blas.pxd")],
         extra_compile_args=extra_compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

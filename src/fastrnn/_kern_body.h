@@ -439,12 +439,15 @@ static void FR_ISA(fr_gru_row)(long H, long n, const float *a, const float *gh,
  * layer above (not at every step: the line would travel between the cores at each one,
  * doubling the step of a small RNN); if wait_on is given, x is the output of the layer
  * below, which another thread is computing: every `chunk` steps the loop waits until it
- * has done the next chunk's steps, then projects their rows with pk_ih into a. */
+ * has done the next chunk's steps, then projects their rows with pk_ih into a.
+ *
+ * stop (or NULL): the call's stop word (_stop.h); the loop ends early once it is set. */
 static void FR_ISA(fr_seq1_forward)(int mode, long T, long H, int reverse, const float *pk,
                                     float *a, long SH, const float *bias, const float *bhn,
                                     float *h, float *c, float *out, float *cs, float *gh,
                                     const float *x, long nin, const float *pk_ih, float *gx,
-                                    int *progress, int *wait_on, int *sleepers, long chunk)
+                                    int *progress, int *wait_on, int *sleepers, long chunk,
+                                    volatile long *stop)
 {
     long G = mode == 2 ? 4 : mode == 3 ? 3 : 1, GH = G * H;
     long panels = (GH + FRK_NR - 1) / FRK_NR;
@@ -455,6 +458,8 @@ static void FR_ISA(fr_seq1_forward)(int mode, long T, long H, int reverse, const
         FR_ISA(fr_gemm_rows)(1, GH, nin, x + (reverse ? T - 1 : 0) * nin, nin, pk_ih, gnext,
                              GH, 0, 0, panels);
     for (long s = 0; s < T; s++) {
+        if (fr_stop_before(stop, s, 0))
+            break;
         long t = reverse ? T - 1 - s : s;
         float *o = out + t * H, *ar;
         const float *ain;
@@ -485,7 +490,7 @@ static void FR_ISA(fr_seq1_forward)(int mode, long T, long H, int reverse, const
         if (progress && (s + 1) % chunk == 0)
             fr_set_and_wake(progress, (int)(s + 1), sleepers);
     }
-    if (T > 0)
+    if (hp != h)
         memcpy(h, hp, H * sizeof(float));
 }
 

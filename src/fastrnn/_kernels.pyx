@@ -41,6 +41,9 @@ from posix.stdlib cimport posix_memalign
 from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext,
                                PyCapsule_GetPointer, PyCapsule_New, PyCapsule_SetContext)
 from libc.string cimport memcpy, memset
+from libc.limits cimport LONG_MAX
+from cpython.exc cimport PyErr_Clear, PyErr_Fetch, PyErr_Restore
+from cpython.ref cimport PyObject
 from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
 from ._blas cimport gemm
@@ -78,7 +81,13 @@ cdef extern from "_ktable.h" nogil:
                          long SH, const float *bias, const float *bhn, float *h, float *c,
                          float *out, float *cs, float *gh, const float *x, long nin,
                          const float *pk_ih, float *gx, int *progress, int *wait_on,
-                         int *sleepers, long chunk)
+                         int *sleepers, long chunk, volatile long *stop)
+
+cdef extern from "_stop.h" nogil:
+    int (*fr_signal_poll)() noexcept nogil
+    bint fr_stop_before(volatile long *stop, long i, long stamp)
+    bint fr_stop_poll(volatile long *stop)
+    void fr_poll_begin(int polls)
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fr_task_fn)(void *ctx, int tid, int nth) noexcept nogil
@@ -282,6 +291,54 @@ def fma_peak(double seconds=0.2, int threads=1):
 cdef bint _blas_bound = fr_blas_bind(<void *> _blas_sgemm)
 
 
+# ---------------------------------------------------------------------------------------
+# Ctrl-C inside a call (_stop.h): the calling thread, when it is Python's main thread,
+# runs the signal handlers every few milliseconds of work; one that raises stops the
+# loops, and the call raises its exception once the threads are out (its workspaces and
+# the pool's and BLAS's threads released as after any call).
+
+cdef extern from "Python.h":
+    # declared here without Cython's exception check: the exception it sets is taken
+    # over by _poll_signals, not raised in the nogil loop
+    int PyErr_CheckSignals()
+
+cdef PyObject *_stopped_by[3]  # the exception of the handler that raised: type, value, tb
+cdef unsigned long _main_thread = threading.main_thread().ident
+
+
+cdef int _poll_signals() noexcept nogil:
+    cdef int raised = 0
+    with gil:
+        if PyErr_CheckSignals() != 0:
+            raised = 1
+            if _stopped_by[0] == NULL:
+                PyErr_Fetch(&_stopped_by[0], &_stopped_by[1], &_stopped_by[2])
+            else:
+                PyErr_Clear()
+    return raised
+
+
+fr_signal_poll = _poll_signals
+
+
+cdef inline void _stop_begin(volatile long *stop):
+    """Before a call's threads run: its stop word, and polling if this is the main thread."""
+    stop[0] = LONG_MAX
+    fr_poll_begin(threading.get_ident() == _main_thread)
+
+
+cdef int _stop_end(volatile long *stop) except -1:
+    """After they ran: raise the exception of the signal handler that stopped them."""
+    fr_poll_begin(0)
+    if stop[0] == LONG_MAX:
+        return 0
+    if _stopped_by[0] == NULL:
+        raise KeyboardInterrupt
+    PyErr_Restore(_stopped_by[0], _stopped_by[1], _stopped_by[2])
+    _stopped_by[0] = _stopped_by[1] = _stopped_by[2] = NULL
+    return -1
+
+
 def _after_fork_child():
     fr_pool_after_fork_child()
 
@@ -446,38 +503,54 @@ cdef inline floating *pack_weight(int tid, int nth, floating *dst, bint trans_w,
     return NULL
 
 
-cdef inline void gemm_rows(int tid, int nth, bint trans_a, bint trans_b, int m, int n, int k,
-                           const floating *a, int lda, const floating *b, int ldb,
-                           floating beta, floating *c, int ldc) noexcept nogil:
-    """This thread's rows of C (m x n) = op(A) @ op(B) + beta * C."""
-    cdef long lo, hi
-    fr_split(m, 16, tid, nth, &lo, &hi)
-    gemm(trans_a, trans_b, <int> (hi - lo), n, k, <floating> 1,
-         a + (lo if trans_a else lo * lda), lda, b, ldb, beta, c + lo * ldc, ldc)
+# The merged GEMMs go in blocks of this many rows of the sum (or of the output), a few
+# milliseconds each, between which the call can stop (_stop.h); a multiple of FR_KC, so
+# that the packed kernel sums in the same order as in one piece.
+cdef enum:
+    MERGED_BLOCK_ROWS = 4096
 
 
-cdef inline void merged_tn(int tid, int nth, int m, int n, int k, const floating *a, int lda,
+cdef inline bint merged_tn(int tid, int nth, int m, int n, int k, const floating *a, int lda,
                            const floating *b, int ldb, floating *c, int ldc,
-                           floating *bpack) noexcept nogil:
+                           floating *bpack, volatile long *stop) noexcept nogil:
     """This thread's rows of C (m x n) = A^T B, A stored k x m, B k x n: on the packed
-    kernel when bpack (this thread's room for a packed block of B) is given, else BLAS."""
+    kernel when bpack (this thread's room for a packed block of B) is given, else BLAS.
+    Returns whether the call was stopped (C is then incomplete)."""
     cdef long lo, hi
-    if floating is float:
-        if bpack != NULL:
-            fr_split(m, 16, tid, nth, &lo, &hi)
-            fr_gemm_tn(hi - lo, n, k, a + lo, lda, b, ldb, c + lo * ldc, ldc, 0, bpack)
-            return
-    gemm_rows(tid, nth, True, False, m, n, k, a, lda, b, ldb, <floating> 0, c, ldc)
+    cdef int k0 = 0, kc
+    fr_split(m, 16, tid, nth, &lo, &hi)
+    while k0 == 0 or k0 < k:
+        if fr_stop_poll(stop):
+            return True
+        kc = min(<int> MERGED_BLOCK_ROWS, k - k0)
+        if floating is float:
+            if bpack != NULL:
+                fr_gemm_tn(hi - lo, n, kc, a + k0 * lda + lo, lda, b + k0 * ldb, ldb,
+                           c + lo * ldc, ldc, k0 > 0, bpack)
+                k0 += MERGED_BLOCK_ROWS
+                continue
+        gemm(True, False, <int> (hi - lo), n, kc, <floating> 1, a + k0 * lda + lo, lda,
+             b + k0 * ldb, ldb, <floating> (1 if k0 > 0 else 0), c + lo * ldc, ldc)
+        k0 += MERGED_BLOCK_ROWS
+    return False
 
 
-cdef inline void merged_nn(int tid, int nth, const floating *packed, int m, int n, int k,
+cdef inline bint merged_nn(int tid, int nth, const floating *packed, int m, int n, int k,
                            const floating *a, int lda, const floating *w, int ldw,
-                           bint accumulate, floating *c, int ldc) noexcept nogil:
-    """This thread's rows of C (m x n) = A (m x k) @ W (k x n) [+ C], W packed or not."""
-    cdef long lo, hi
+                           bint accumulate, floating *c, int ldc,
+                           volatile long *stop) noexcept nogil:
+    """This thread's rows of C (m x n) = A (m x k) @ W (k x n) [+ C], W packed or not;
+    returns whether the call was stopped."""
+    cdef long lo, hi, r0
     fr_split(m, 1, tid, nth, &lo, &hi)
-    step_gemm(packed, <int> (hi - lo), n, k, a + lo * lda, lda, False, w, ldw, accumulate,
-              c + lo * ldc, ldc)
+    r0 = lo
+    while r0 < hi:
+        if fr_stop_poll(stop):
+            return True
+        step_gemm(packed, <int> min(<long> MERGED_BLOCK_ROWS, hi - r0), n, k, a + r0 * lda,
+                  lda, False, w, ldw, accumulate, c + r0 * ldc, ldc)
+        r0 += MERGED_BLOCK_ROWS
+    return False
 
 
 cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t I,
@@ -667,6 +740,7 @@ cdef struct FwdLoop:
     # progress (the end of the loop stores the last)
     Py_ssize_t wait_steps
     int projected  # the rows projected up front already (by the threads of a stack)
+    volatile long *stop  # the call's stop word (_stop.h), or NULL
     void *px
     void *pwih
     void *pwhh
@@ -802,7 +876,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                                 pout, pcs if training else NULL, pgh, px, I,
                                 pk_ih if (L.fuse or L.wait_on != NULL) else NULL,
                                 <float *> L.pgx, L.progress, L.wait_on, L.sleepers,
-                                L.wait_steps)
+                                L.wait_steps, L.stop)
             return
     cdef bint step_proj = not upfront and pk_ih != NULL and nth > 1
     if step_proj:
@@ -814,6 +888,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         pgates += tid * chunk_rows * SH
         pxg = <floating *> L.pxg + tid * chunk_rows * I
     for s in range(T):
+        if fr_stop_before(L.stop, s, 0):
+            break
         if L.progress != NULL and s % L.wait_steps == 0:
             fr_set_and_wake(L.progress, <int> s, L.sleepers)  # steps before s are done
         t = step_time(reverse, T, s)
@@ -923,15 +999,20 @@ cdef void project_rows(floating *kind, FwdLoop *L, floating *pk_ih, int tid,
     cdef const floating *px = <const floating *> L.px
     cdef const floating *pwih = <const floating *> L.pwih
     cdef floating *pgates = <floating *> L.pgates
-    cdef long lo_row, hi_row
+    cdef long lo_row, hi_row, r0, rows
     fr_split(L.N, 1, tid, nth, &lo_row, &hi_row)
-    if pk_ih != NULL:
-        step_gemm(pk_ih, <int> (hi_row - lo_row), GH, <int> I, px + lo_row * I, <int> I,
-                  True, pwih, <int> I, False, pgates + lo_row * SH, <int> SH)
-    else:
-        gemm(False, True, <int> (hi_row - lo_row), GH, <int> I, <floating> 1,
-             px + lo_row * I, <int> I, pwih, <int> I, <floating> 0, pgates + lo_row * SH,
-             <int> SH)
+    r0 = lo_row
+    while r0 < hi_row:  # in blocks, between which the call can stop
+        if fr_stop_poll(L.stop):
+            return
+        rows = min(<long> MERGED_BLOCK_ROWS, hi_row - r0)
+        if pk_ih != NULL:
+            step_gemm(pk_ih, <int> rows, GH, <int> I, px + r0 * I, <int> I, True, pwih,
+                      <int> I, False, pgates + r0 * SH, <int> SH)
+        else:
+            gemm(False, True, <int> rows, GH, <int> I, <floating> 1, px + r0 * I, <int> I,
+                 pwih, <int> I, <floating> 0, pgates + r0 * SH, <int> SH)
+        r0 += MERGED_BLOCK_ROWS
 
 
 cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *pk_hh,
@@ -969,6 +1050,9 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
         fr_split(H, nr, tid, nth, &u0, &u1)
         nu = u1 - u0
         for s in range(T):
+            # the threads meet at every step: all finish a step before any stops
+            if fr_stop_before(L.stop, s, s + 1):
+                break
             t = step_time(reverse, T, s)
             row = off[t]
             if training:
@@ -1059,6 +1143,7 @@ cdef struct BwdLoop:
     void *ppk
     void *pbpack  # per thread bpack_floats for fr_gemm_tn, or NULL: BLAS
     Py_ssize_t bpack_floats
+    volatile long *stop  # the call's stop word (_stop.h), or NULL
 
 
 cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
@@ -1093,6 +1178,8 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
         fr_split(H, nr, tid, nth, &u0, &u1)
         nu = u1 - u0
         for s in range(T - 1, -1, -1):
+            if fr_stop_before(L.stop, T - 1 - s, T - s):  # as forward_units
+                break
             row = off[step_time(reverse, T, s)]
             prow = off[step_time(reverse, T, s - 1)] if s > 0 else -1
             hprev = (pout + prow * H) if prow >= 0 else ph0
@@ -1195,6 +1282,8 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
         backward_units(kind, L, tid, nth, pk_hh)
     else:
         for s in range(T - 1, -1, -1):
+            if fr_stop_before(L.stop, T - 1 - s, 0):
+                break
             t = step_time(reverse, T, s)
             r0 = off[t] + lo  # from here rows and states are counted from sequence lo
             n = min(bs[t], hi) - lo
@@ -1242,6 +1331,8 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
             step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
                       pwhh, <int> Hout, mode == GRU, pdh + lo * Hout, <int> Hout)
     sync(tid, nth)
+    if L.stop != NULL and L.stop[0] != LONG_MAX:
+        return  # stopped: the word is final here (no thread polls past the loop)
 
     # Merged GEMMs over all timesteps, each split by its output rows (or columns for the
     # sums), so they need no barrier between them. dGx columns: [0, GH) except for the
@@ -1249,23 +1340,23 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     # packed kernel takes them (BLAS would pack its operands again in every thread).
     if gru_after:
         merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> SD, px, <int> I,
-                  pdwih, <int> I, bpack)
+                  pdwih, <int> I, bpack, L.stop)
         merged_tn(tid, nth, <int> H, <int> I, <int> N, pdg + 3 * H, <int> SD, px, <int> I,
-                  pdwih + 2 * H * I, <int> I, bpack)
+                  pdwih + 2 * H * I, <int> I, bpack, L.stop)
         merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> SD, pwih,
-                  <int> I, False, pdx, <int> I)
+                  <int> I, False, pdx, <int> I, L.stop)
         merged_nn(tid, nth, pk_ih2, <int> N, <int> I, <int> H, pdg + 3 * H, <int> SD,
-                  pwih + 2 * H * I, <int> I, True, pdx, <int> I)
+                  pwih + 2 * H * I, <int> I, True, pdx, <int> I, L.stop)
         colsum_add(tid, nth, N, 2 * H, pdg, SD, pdbih)
         colsum_add(tid, nth, N, H, pdg + 3 * H, SD, pdbih + 2 * H)
     else:
         merged_tn(tid, nth, <int> GH, <int> I, <int> N, pdg, <int> SD, px, <int> I, pdwih,
-                  <int> I, bpack)
+                  <int> I, bpack, L.stop)
         merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> GH, pdg, <int> SD, pwih, <int> I,
-                  False, pdx, <int> I)
+                  False, pdx, <int> I, L.stop)
         colsum_add(tid, nth, N, GH, pdg, SD, pdbih)
     merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> SD, php, <int> Hout, pdwhh,
-              <int> Hout, bpack)
+              <int> Hout, bpack, L.stop)
     if gru_after:
         colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
     else:
@@ -1276,10 +1367,10 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     if gru_before:
         # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
         merged_tn(tid, nth, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD, pgates + 3 * H,
-                  <int> SH, pdwhh + 2 * H * Hout, <int> Hout, bpack)
+                  <int> SH, pdwhh + 2 * H * Hout, <int> Hout, bpack, L.stop)
     if P > 0:
         merged_tn(tid, nth, <int> P, <int> H, <int> N, pdhp, <int> P, pms, <int> H, pdwhr,
-                  <int> H, bpack)
+                  <int> H, bpack, L.stop)
 
 
 cdef void backward_task_f(void *ctx, int tid, int nth) noexcept nogil:
@@ -1801,12 +1892,16 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
+    cdef volatile long stop
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, L.training or L.split or L.upfront,
                      &held)
         _fwd_plan(kind, L, nth)
+        L.stop = &stop
+        _stop_begin(&stop)
         with nogil:
             fr_pool_run(task, L, nth)
+        _stop_end(&stop)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -1951,11 +2046,15 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
+    cdef volatile long stop
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
         _bwd_plan(kind, L, nth)
+        L.stop = &stop
+        _stop_begin(&stop)
         with nogil:
             fr_pool_run(task, L, nth)
+        _stop_end(&stop)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -2078,6 +2177,7 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
+    cdef volatile long stop
     _last_paired = False
     wi, wh, bi, bh, wr, h0, c0 = fwd
     try:
@@ -2104,8 +2204,11 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
                                  and A.N * A.SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
         _fwd_plan(kind, &A, 1)
         _fwd_plan(kind, &R, 1)
+        A.stop = R.stop = &stop
+        _stop_begin(&stop)
         with nogil:
             _last_paired = _run_two(task, &A, &R, nth)
+        _stop_end(&stop)
         if _last_paired:
             _last_threads = 2
     finally:
@@ -2139,6 +2242,7 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
+    cdef volatile long stop
     _last_paired = False
     h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = fwd
     try:
@@ -2159,8 +2263,11 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
         nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         _bwd_plan(kind, &A, 1)
         _bwd_plan(kind, &R, 1)
+        A.stop = R.stop = &stop
+        _stop_begin(&stop)
         with nogil:
             _last_paired = _run_two(task, &A, &R, nth)
+        _stop_end(&stop)
         if _last_paired:
             _last_threads = 2
     finally:
@@ -2247,6 +2354,7 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
     cdef FwdStack stack
     cdef int held = 0, nth = 1
     cdef bint worth = True
+    cdef volatile long stop
     cdef fr_task_fn task = forward_stack_f if floating is float else forward_stack_d
     if Ls == NULL or counters == NULL:
         free(Ls)
@@ -2291,8 +2399,12 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
         # its product now
         Ls[0].projected = nth >= 2 and Ls[0].upfront and not Ls[0].fuse and not Ls[0].pack_ih
         stack.layers, stack.n = Ls, n
+        for k in range(n):
+            Ls[k].stop = &stop
+        _stop_begin(&stop)
         with nogil:
             fr_pool_run(task, &stack, min(nth, 2))
+        _stop_end(&stop)
         _last_paired = nth >= 2
         _last_threads = min(nth, 2)
     finally:

@@ -19,6 +19,7 @@
 
 #include "_cellmath.h"
 #include "_pool.h"
+#include "_stop.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) \
     && !defined(FASTRNN_NO_X86_KERNELS)
@@ -57,7 +58,7 @@ typedef struct {
                          long SH, const float *bias, const float *bhn, float *h, float *c,
                          float *out, float *cs, float *gh, const float *x, long nin,
                          const float *pk_ih, float *gx, int *progress, int *wait_on,
-                         int *sleepers, long chunk);
+                         int *sleepers, long chunk, volatile long *stop);
     float (*fma_chains)(long iters);
     const fr_rows_f_t *rows_f; /* the rows of _cellmath_rows.h, this ISA's build */
     const fr_rows_d_t *rows_d;
@@ -177,10 +178,11 @@ static inline void fr_seq1_forward(int mode, long T, long H, int reverse, const 
                                    float *a, long SH, const float *bias, const float *bhn,
                                    float *h, float *c, float *out, float *cs, float *gh,
                                    const float *x, long nin, const float *pk_ih, float *gx,
-                                   int *progress, int *wait_on, int *sleepers, long chunk)
+                                   int *progress, int *wait_on, int *sleepers, long chunk,
+                                   volatile long *stop)
 {
     fr_kt.seq1_forward(mode, T, H, reverse, pk, a, SH, bias, bhn, h, c, out, cs, gh, x, nin,
-                       pk_ih, gx, progress, wait_on, sleepers, chunk);
+                       pk_ih, gx, progress, wait_on, sleepers, chunk, stop);
 }
 
 #endif

@@ -1,0 +1,80 @@
+/* Stopping a call early, for Ctrl-C: the calling thread polls Python's signal handlers
+ * every FR_POLL_SECONDS of work, and when one raises (KeyboardInterrupt), the call's
+ * loops stop at their next step and the call raises what the handler raised.
+ *
+ * Each call has a stop word (LONG_MAX while it runs on): a loop stops before its step i
+ * (counted from 0 in the order it visits them) once i >= *stop. The thread that sees the
+ * signal sets the word to `stamp`: 0 where the threads do not meet between steps (each
+ * stops at once), i + 1 where they meet at every step (the units split): every thread
+ * then finishes step i, passes the barrier after it and stops before step i + 1, so none
+ * waits at a barrier the others never reach (the word is written before that barrier
+ * and read after it).
+ *
+ * Only the thread that made the call, and only when it is Python's main thread (the
+ * only one that runs signal handlers), polls: fr_polls is set for it around the call.
+ * Taking the GIL to poll can wait for another Python thread to let it go (up to its
+ * switch interval, 5 ms), hence a poll every 10 ms of work, checked every 32 steps.
+ */
+#ifndef FASTRNN_STOP_H
+#define FASTRNN_STOP_H
+
+#include <limits.h>
+#include <time.h>
+
+#define FR_POLL_SECONDS 0.01
+#define FR_POLL_STEPS 32 /* steps between looks at the clock (a power of two) */
+
+/* Set by _kernels.pyx: takes the GIL, runs the pending signal handlers; 1 if one raised
+ * (its exception saved for the caller to raise). */
+static int (*fr_signal_poll)(void) = NULL;
+static __thread int fr_polls;     /* this thread polls (the calling thread of a call) */
+static __thread long fr_poll_tick;
+static __thread double fr_poll_last;
+
+static inline double fr_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fr_poll_now(volatile long *stop, long stamp)
+{
+    double now = fr_monotonic();
+    if (now - fr_poll_last < FR_POLL_SECONDS)
+        return;
+    fr_poll_last = now;
+    if (fr_signal_poll && fr_signal_poll() && stamp < *stop)
+        *stop = stamp;
+}
+
+/* Whether a loop should stop before its step i; stop NULL: never. */
+static inline int fr_stop_before(volatile long *stop, long i, long stamp)
+{
+    if (!stop)
+        return 0;
+    if (fr_polls && (++fr_poll_tick & (FR_POLL_STEPS - 1)) == 0)
+        fr_poll_now(stop, stamp);
+    return i >= *stop;
+}
+
+/* Whether the call has stopped, polling first if it is time: between the blocks of the
+ * merged GEMMs after the loops, where the threads do not meet. */
+static inline int fr_stop_poll(volatile long *stop)
+{
+    if (!stop)
+        return 0;
+    if (fr_polls)
+        fr_poll_now(stop, 0);
+    return *stop != LONG_MAX;
+}
+
+/* Around a call on the calling thread: whether it polls; the clock starts now. */
+static inline void fr_poll_begin(int polls)
+{
+    fr_polls = polls;
+    fr_poll_tick = 0;
+    fr_poll_last = fr_monotonic();
+}
+
+#endif
