@@ -116,11 +116,13 @@ def test_training_step_reuses_memory():
     assert 0 < kept <= 512 << 20
 
 
-def test_inference_keeps_its_workspace_for_the_next_call():
+def test_inference_keeps_its_workspace_for_the_next_call(monkeypatch):
     """The forward's scratch (packed weights, the step's projection) is kept between calls
     as the backward's is: a second inference allocates none of it anew, and
     release_workspace() gives it back."""
     from fastrnn import _kernels
+    # the packed kernels, whatever the capability would choose at this size
+    monkeypatch.setattr(_kernels, "BLAS_STEP_WORK", 1 << 62)
     layer = fastrnn.LSTM(256, 256, seed=0)
     x = np.random.default_rng(0).standard_normal((20, 16, 256)).astype(np.float32)
     _kernels.release_workspace()

@@ -577,17 +577,26 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
     return sizes[0] + sizes[1] + sizes[2] + sizes[3]
 
 
-# From this many multiply-adds per step on, BLAS takes the step GEMMs. Off by default:
-# with the pool, each thread runs its sequences' step GEMMs either on the packed kernel
-# or on one-thread BLAS, and the packed kernel is the faster of the two at every size
-# measured (it skips BLAS's packing of the weight at every step); kept so that tests can
-# force the BLAS path.
-BLAS_STEP_WORK = 1 << 62
+# From this many multiply-adds per step (B * G*H * Hout) on, BLAS takes every product of a
+# call (steps, projections, merged GEMMs) in place of the packed kernels; None: the
+# capability's own (CAPABILITY_BLAS_STEP_WORK, never for AVX2 and AVX-512). Tests set it
+# to force one path.
+BLAS_STEP_WORK = None
+
+# On AVX2 and AVX-512 the packed kernels are the faster at every size measured (they skip
+# BLAS's packing of the weight at every step). The portable kernels (4 floats a vector)
+# lose to OpenBLAS's SSE kernels on large batches: at B=64 (T=100, I=H=256..1024, two
+# threads, OpenBLAS on its Prescott kernels) they ran 5-18% slower than BLAS, at B=16
+# (H=256, 1-4 million a step) level or up to 11% faster.
+CAPABILITY_BLAS_STEP_WORK = {"default": 1 << 22}
 
 
 cdef bint use_packed(bint is_float, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t Hout):
-    """Whether the step GEMMs of a batch of B run on the packed kernel."""
-    return is_float and B * GH * Hout < BLAS_STEP_WORK
+    """Whether the products of a batch of B run on the packed kernels."""
+    limit = BLAS_STEP_WORK
+    if limit is None:
+        limit = CAPABILITY_BLAS_STEP_WORK.get(fr_kt.name.decode(), 1 << 62)
+    return is_float and B * GH * Hout < limit
 
 
 # ---------------------------------------------------------------------------------------
