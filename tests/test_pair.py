@@ -319,7 +319,8 @@ def test_which_stacks_run_at_once():
         """Whether a layer of one sequence alone would not split its units: H not a whole
         number of panels for each of two threads, or too small a W_hh."""
         gates = 4 if cell == "lstm" else 3
-        return H % (2 * panel) != 0 or gates * H * H < _kernels.SPLIT_UNITS_WORK
+        return (H % (2 * panel) != 0 or gates * H * H < _kernels.SPLIT_UNITS_WORK
+                or H < _kernels.SPLIT_UNITS_MIN_H)
 
     cases = [
         ("lstm", 1, 64, 2, alone_on_one_thread("lstm", 64)),

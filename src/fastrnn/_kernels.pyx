@@ -655,6 +655,10 @@ cdef inline Py_ssize_t prev_row(bint reverse, Py_ssize_t T, const Py_ssize_t *bs
 # H=128, one process alternating: inference RNN 0.12 -> 0.07 ms, GRU 0.34 -> 0.21;
 # training step RNN 0.25 -> 0.21, GRU 0.69 -> 0.55.
 SPLIT_UNITS_WORK = 1 << 14
+# ... and from this H: on AVX2, whose 16-unit panels let H = 64 split, an LSTM at H = 64
+# (T=100, inference) ran 0.123 ms split against 0.109 on one thread; a GRU at H = 96
+# gained 5% and the RNN at H = 128 4.5%, the LSTM at H = 128 23%.
+SPLIT_UNITS_MIN_H = 128
 
 # A batch of one sequence that does not split its units, in inference, projects the
 # inputs of all its steps at once (up to this much room for them), on the threads when
@@ -665,10 +669,15 @@ UPFRONT_MAX_BYTES = 1 << 23
 
 # A batch of one sequence on one thread with at most this many weights in W_ih (4 KB of
 # float32: the vanilla RNN at I = H = 32) projects its inputs inside the step loop
-# (fr_seq1_forward): T=100, RNN H=32 inference 12.9 -> 10.8 us. With more, the products of both
+# (fr_seq1_forward): on AVX-512 (AMD EPYC), T=100, RNN H=32 inference 12.9 -> 10.8 us.
+# With more, the products of both
 # weights outlast the chain of a step, on one FMA unit: LSTM and GRU at H=32 and the RNN
 # at H=64 ran 6-14% slower than with the projection before the loop.
-SEQ1_FUSE_WEIGHTS = 1 << 10
+SEQ1_FUSE_WEIGHTS = None  # None: the capability's own (tests set it)
+# Measured on an Intel Xeon (AVX-512, T=100, RNN H=32, inference): projection inside
+# 12% faster with the AVX-512 kernels, 5% slower with the AVX2 ones and 9% with the
+# portable ones (their products of both weights outlast the chain of a step).
+CAPABILITY_SEQ1_FUSE_WEIGHTS = {"avx512": 1 << 10}
 
 # The units split meets at a barrier every step, so a thread that loses its core to
 # another process stalls the others at each step: under a one-core CPU hog, calls that
@@ -708,6 +717,7 @@ cdef bint _split_units(Py_ssize_t B, Py_ssize_t npack, Py_ssize_t P, Py_ssize_t 
     sequence whose step streams a large W_hh (whh weights) on the packed kernel, cells the
     split covers, as many whole panels for each of two threads, and no pause."""
     return (B == 1 and npack != 0 and P == 0 and H % (2 * fr_panel_width()) == 0
+            and H >= SPLIT_UNITS_MIN_H
             and not (mode == GRU and not reset_after)
             and whh >= SPLIT_UNITS_WORK and not split_paused())
 
@@ -1831,7 +1841,10 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
               and not (L.mode == GRU and not L.reset_after) and (training or upfront))
-    L.fuse = L.seq1 and nth == 1 and GH * I <= SEQ1_FUSE_WEIGHTS and chunk_steps == 0
+    fuse_weights = SEQ1_FUSE_WEIGHTS
+    if fuse_weights is None:
+        fuse_weights = CAPABILITY_SEQ1_FUSE_WEIGHTS.get(fr_kt.name.decode(), 0)
+    L.fuse = L.seq1 and nth == 1 and GH * I <= fuse_weights and chunk_steps == 0
     _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
                   else "one sequence" if L.seq1 else "batch")
     # W_ih is packed for threads, for the projection inside the one-sequence loop,
