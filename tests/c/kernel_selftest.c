@@ -1,0 +1,96 @@
+/* The kernel table in C alone, for compilers and targets the Python build does not use
+ * here (clang, a cross compiler under qemu): on every level the CPU runs, the packed GEMM
+ * against a plain triple loop and the vector LSTM and GRU cells against the scalar rows.
+ * Prints one line a level; exits 1 on any mismatch. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "_ktable.h"
+
+static unsigned long fr_test_seed = 12345;
+static float rnd(void)
+{
+    fr_test_seed = fr_test_seed * 6364136223846793005UL + 1442695040888963407UL;
+    return (float)((fr_test_seed >> 40) & 0xFFFF) / 32768.0f - 1.0f;
+}
+
+static int close_enough(double got, double want, double tol)
+{
+    return fabs(got - want) <= tol * (1.0 + fabs(want));
+}
+
+static int check_gemm(void)
+{
+    static const long ns[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130};
+    static const long ks[] = {1, 7, 33};
+    int bad = 0;
+    for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
+        for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)
+            for (long m = 1; m <= 13; m++) {
+                long n = ns[in], k = ks[ik];
+                float *a = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
+                float *c = malloc(sizeof(float) * m * n);
+                float *pk = malloc(sizeof(float) * fr_packed_size(n, k));
+                for (long i = 0; i < m * k; i++)
+                    a[i] = rnd();
+                for (long i = 0; i < n * k; i++)
+                    w[i] = rnd();
+                fr_pack_panels(1, n, k, w, k, pk, 0, fr_panels(n));
+                fr_gemm_panels(m, n, k, a, k, pk, c, n, 0, 0, fr_panels(n));
+                for (long i = 0; i < m; i++)
+                    for (long j = 0; j < n; j++) {
+                        double want = 0;
+                        for (long kk = 0; kk < k; kk++)
+                            want += (double)a[i * k + kk] * w[j * k + kk];
+                        if (!close_enough(c[i * n + j], want, 1e-5)) {
+                            if (bad++ < 5)
+                                printf("  gemm m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n", m, n,
+                                       k, i, j, c[i * n + j], want);
+                        }
+                    }
+                free(a), free(w), free(c), free(pk);
+            }
+    return bad;
+}
+
+static int check_cells(void)
+{
+    int bad = 0;
+    for (long H = 1; H <= 40; H += 3) {
+        float a[4 * 40], a2[4 * 40], gh[4 * 40], bias[4 * 40], bhn[40], hp[40];
+        float c[40], c2[40], o[40], o2[40];
+        for (long i = 0; i < 4 * H; i++)
+            a[i] = a2[i] = 3 * rnd(), gh[i] = 3 * rnd(), bias[i] = rnd();
+        for (long i = 0; i < H; i++)
+            bhn[i] = rnd(), hp[i] = rnd(), c[i] = c2[i] = rnd();
+        fr_lstm_row_v(H, H, a, gh, bias, a, c, NULL, o);
+        lstm_row_f(H, H, a2, gh, bias, c2, o2);
+        for (long i = 0; i < H; i++)
+            if (!close_enough(o[i], o2[i], 1e-5) || !close_enough(c[i], c2[i], 1e-5))
+                if (bad++ < 5)
+                    printf("  lstm H=%ld unit %ld: %g != %g\n", H, i, o[i], o2[i]);
+        for (long i = 0; i < 4 * H; i++)
+            a[i] = a2[i] = 3 * rnd();
+        fr_gru_row_v(H, H, a, gh, bias, bhn, hp, a, o);
+        gru_after_row_f(H, H, a2, gh, bias, bhn, hp, o2);
+        for (long i = 0; i < H; i++)
+            if (!close_enough(o[i], o2[i], 1e-5))
+                if (bad++ < 5)
+                    printf("  gru H=%ld unit %ld: %g != %g\n", H, i, o[i], o2[i]);
+    }
+    return bad;
+}
+
+int main(void)
+{
+    int failed = 0;
+    for (int level = 0; level <= fr_cpu_best_level(); level++) {
+        if (fr_kt_use(level) != 0)
+            return 2;
+        int bad = check_gemm() + check_cells();
+        printf("%s: %s\n", fr_kt.name, bad ? "FAILED" : "ok");
+        failed |= bad != 0;
+    }
+    return failed;
+}
