@@ -301,6 +301,7 @@ cdef extern from "Python.h":
     # declared here without Cython's exception check: the exception it sets is taken
     # over by _poll_signals, not raised in the nogil loop
     int PyErr_CheckSignals()
+    unsigned long PyThread_get_thread_ident()
 
 cdef PyObject *_stopped_by[3]  # the exception of the handler that raised: type, value, tb
 cdef unsigned long _main_thread = threading.main_thread().ident
@@ -324,7 +325,7 @@ fr_signal_poll = _poll_signals
 cdef inline void _stop_begin(volatile long *stop):
     """Before a call's threads run: its stop word, and polling if this is the main thread."""
     stop[0] = LONG_MAX
-    fr_poll_begin(threading.get_ident() == _main_thread)
+    fr_poll_begin(PyThread_get_thread_ident() == _main_thread)
 
 
 cdef int _stop_end(volatile long *stop) except -1:

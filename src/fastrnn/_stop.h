@@ -13,7 +13,8 @@
  * Only the thread that made the call, and only when it is Python's main thread (the
  * only one that runs signal handlers), polls: fr_polls is set for it around the call.
  * Taking the GIL to poll can wait for another Python thread to let it go (up to its
- * switch interval, 5 ms), hence a poll every 10 ms of work, checked every 32 steps.
+ * switch interval, 5 ms), hence a poll every 10 ms of work, the clock read at every
+ * 32nd step of a loop.
  */
 #ifndef FASTRNN_STOP_H
 #define FASTRNN_STOP_H
@@ -27,8 +28,9 @@
 /* Set by _kernels.pyx: takes the GIL, runs the pending signal handlers; 1 if one raised
  * (its exception saved for the caller to raise). */
 static int (*fr_signal_poll)(void) = NULL;
+/* thread-local: read only once every FR_POLL_STEPS steps, as in a shared library each
+ * read may be a call (__tls_get_addr), which cost the smallest layers 8% of a step */
 static __thread int fr_polls;     /* this thread polls (the calling thread of a call) */
-static __thread long fr_poll_tick;
 static __thread double fr_poll_last;
 
 static inline double fr_monotonic(void)
@@ -41,6 +43,8 @@ static inline double fr_monotonic(void)
 static void fr_poll_now(volatile long *stop, long stamp)
 {
     double now = fr_monotonic();
+    if (fr_poll_last == 0.0)
+        fr_poll_last = now; /* the first look of the call starts its clock */
     if (now - fr_poll_last < FR_POLL_SECONDS)
         return;
     fr_poll_last = now;
@@ -53,7 +57,7 @@ static inline int fr_stop_before(volatile long *stop, long i, long stamp)
 {
     if (!stop)
         return 0;
-    if (fr_polls && (++fr_poll_tick & (FR_POLL_STEPS - 1)) == 0)
+    if ((i & (FR_POLL_STEPS - 1)) == 0 && fr_polls)
         fr_poll_now(stop, stamp);
     return i >= *stop;
 }
@@ -69,12 +73,12 @@ static inline int fr_stop_poll(volatile long *stop)
     return *stop != LONG_MAX;
 }
 
-/* Around a call on the calling thread: whether it polls; the clock starts now. */
+/* Around a call on the calling thread: whether it polls; its clock starts at the first
+ * look (fr_poll_now). */
 static inline void fr_poll_begin(int polls)
 {
     fr_polls = polls;
-    fr_poll_tick = 0;
-    fr_poll_last = fr_monotonic();
+    fr_poll_last = 0.0;
 }
 
 #endif
