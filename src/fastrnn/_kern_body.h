@@ -288,8 +288,13 @@ static void FR_ISA(fr_gemm_tn)(long m, long n, long K, const float *a, long lda,
  * passes through. */
 FRK frv FR_ISA(fr_vexp)(frv x)
 {
+#if FRV_LDEXP_OVERFLOWS
+    /* 2^n applied by an operation that overflows to +inf by itself: up to n = 128 */
+    x = frv_min(frv_set1(89.0f), x);
+#else
     frv x0 = x;
     x = frv_min(frv_set1(88.0f), x);
+#endif
     x = frv_max(frv_set1(-87.0f), x);
     frv n = frv_round(frv_mul(x, frv_set1(1.44269504088896341f)));
     frv r = frv_fnma(n, frv_set1(0.693359375f), x);
@@ -301,7 +306,11 @@ FRK frv FR_ISA(fr_vexp)(frv x)
     p = frv_fma(p, r, frv_set1(1.6666665459e-1f));
     p = frv_fma(p, r, frv_set1(5.0000001201e-1f));
     p = frv_fma(frv_mul(p, r), r, frv_add(r, frv_set1(1.0f)));
+#if FRV_LDEXP_OVERFLOWS
+    return frv_ldexp(p, n);
+#else
     return frv_select_lt(frv_set1(FR_EXPF_OVERFLOW), x0, frv_set1(INFINITY), frv_ldexp(p, n));
+#endif
 }
 
 /* tanh: the odd polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) with x's sign above

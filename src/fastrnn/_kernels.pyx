@@ -323,7 +323,10 @@ fr_signal_poll = _poll_signals
 
 
 cdef inline void _stop_begin(volatile long *stop):
-    """Before a call's threads run: its stop word, and polling if this is the main thread."""
+    """Before a call's threads run: its stop word, and polling if this is the main thread.
+    The word is read by every thread at every step: it sits alone on its cache line (on
+    the caller's stack beside its other locals, the line travelled between the cores at
+    every step of a units split)."""
     stop[0] = LONG_MAX
     fr_poll_begin(PyThread_get_thread_ident() == _main_thread)
 
@@ -1915,16 +1918,17 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
-    cdef volatile long stop
+    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
+    cdef volatile long *stop = &stop_line[8]
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, L.training or L.split or L.upfront,
                      &held)
         _fwd_plan(kind, L, nth)
-        L.stop = &stop
-        _stop_begin(&stop)
+        L.stop = stop
+        _stop_begin(stop)
         with nogil:
             fr_pool_run(task, L, nth)
-        _stop_end(&stop)
+        _stop_end(stop)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -2069,15 +2073,16 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
-    cdef volatile long stop
+    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
+    cdef volatile long *stop = &stop_line[8]
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
         _bwd_plan(kind, L, nth)
-        L.stop = &stop
-        _stop_begin(&stop)
+        L.stop = stop
+        _stop_begin(stop)
         with nogil:
             fr_pool_run(task, L, nth)
-        _stop_end(&stop)
+        _stop_end(stop)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -2200,7 +2205,8 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
-    cdef volatile long stop
+    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
+    cdef volatile long *stop = &stop_line[8]
     _last_paired = False
     wi, wh, bi, bh, wr, h0, c0 = fwd
     try:
@@ -2227,11 +2233,11 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
                                  and A.N * A.SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
         _fwd_plan(kind, &A, 1)
         _fwd_plan(kind, &R, 1)
-        A.stop = R.stop = &stop
-        _stop_begin(&stop)
+        A.stop = R.stop = stop
+        _stop_begin(stop)
         with nogil:
             _last_paired = _run_two(task, &A, &R, nth)
-        _stop_end(&stop)
+        _stop_end(stop)
         if _last_paired:
             _last_threads = 2
     finally:
@@ -2265,7 +2271,8 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
-    cdef volatile long stop
+    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
+    cdef volatile long *stop = &stop_line[8]
     _last_paired = False
     h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = fwd
     try:
@@ -2286,11 +2293,11 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
         nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         _bwd_plan(kind, &A, 1)
         _bwd_plan(kind, &R, 1)
-        A.stop = R.stop = &stop
-        _stop_begin(&stop)
+        A.stop = R.stop = stop
+        _stop_begin(stop)
         with nogil:
             _last_paired = _run_two(task, &A, &R, nth)
-        _stop_end(&stop)
+        _stop_end(stop)
         if _last_paired:
             _last_threads = 2
     finally:
@@ -2377,7 +2384,8 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
     cdef FwdStack stack
     cdef int held = 0, nth = 1
     cdef bint worth = True
-    cdef volatile long stop
+    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
+    cdef volatile long *stop = &stop_line[8]
     cdef fr_task_fn task = forward_stack_f if floating is float else forward_stack_d
     if Ls == NULL or counters == NULL:
         free(Ls)
@@ -2423,11 +2431,11 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
         Ls[0].projected = nth >= 2 and Ls[0].upfront and not Ls[0].fuse and not Ls[0].pack_ih
         stack.layers, stack.n = Ls, n
         for k in range(n):
-            Ls[k].stop = &stop
-        _stop_begin(&stop)
+            Ls[k].stop = stop
+        _stop_begin(stop)
         with nogil:
             fr_pool_run(task, &stack, min(nth, 2))
-        _stop_end(&stop)
+        _stop_end(stop)
         _last_paired = nth >= 2
         _last_threads = min(nth, 2)
     finally:

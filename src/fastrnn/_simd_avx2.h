@@ -7,6 +7,7 @@
                   * registers */
 #define FRV_MR 6
 #define FRV_CHAINS 10
+#define FRV_LDEXP_OVERFLOWS 0 /* 2^n built in the exponent bits: n <= 127 */
 #define frv __m256
 
 /* lanes [0, n) set */

@@ -22,6 +22,8 @@
 #define FRV_NV 4 /* panel of 64 floats: 4 zmm registers */
 #define FRV_MR 6 /* 6 x 4 = 24 accumulators of the 32 zmm registers */
 #define FRV_CHAINS 12
+/* frv_ldexp(p, n) is +inf where p * 2^n is beyond FLT_MAX (n up to 128) */
+#define FRV_LDEXP_OVERFLOWS 1
 #define frv __m512
 
 static inline __mmask16 fr_mask_avx512(long left)

@@ -8,6 +8,7 @@
                   * x86-64, 32 on aarch64) */
 #define FRV_MR 6
 #define FRV_CHAINS 8
+#define FRV_LDEXP_OVERFLOWS 0 /* 2^n built in the exponent bits: n <= 127 */
 
 typedef float fr_v4f __attribute__((vector_size(16)));
 typedef int32_t fr_v4i __attribute__((vector_size(16)));

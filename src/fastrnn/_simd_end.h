@@ -4,6 +4,7 @@
 #undef FRV_NV
 #undef FRV_MR
 #undef FRV_CHAINS
+#undef FRV_LDEXP_OVERFLOWS
 #undef frv
 #undef frv_zero
 #undef frv_set1
