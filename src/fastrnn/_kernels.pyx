@@ -146,7 +146,9 @@ fr_kt_use(_capability_from_environment())
 
 
 def get_cpu_capability():
-    """The kernels in use: "avx512", "avx2" (AVX2 and FMA) or "default" (portable)."""
+    """The kernels in use: "avx512", "avx2" (AVX2 and FMA) or "default" (portable C): the
+    best this CPU runs, capped by the environment variable FASTRNN_CPU_CAPABILITY (one of
+    those names) when it is set before fastrnn is imported."""
     return fr_kt.name.decode()
 
 

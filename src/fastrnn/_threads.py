@@ -16,9 +16,10 @@ def set_num_threads(n: int) -> None:
     By default a call takes as many threads as scipy's BLAS is set to use
     (``OPENBLAS_NUM_THREADS``, ``threadpoolctl.threadpool_limits``), splitting the batch's
     sequences between them, and holds that BLAS to one thread while it runs. A batch of
-    one sequence splits its hidden units between the threads (H a multiple of 128), or
-    else projects its inputs on them and runs its steps on one; when it is small, only
-    while the threads are awake from a call just before. A small call runs on one thread.
+    one sequence splits its hidden units between the threads (H from 128 and a multiple
+    of two of the kernels' panels: 32 units with AVX2, 128 with AVX-512), or else projects
+    its inputs on them and runs its steps on one; when it is small, only while the
+    threads are awake from a call just before. A small call runs on one thread.
 
     ``n`` is an int in [1, 2**31 - 1] (any integer type: ``operator.index``); a cap above
     the pool's size (64 threads) acts as that size.
