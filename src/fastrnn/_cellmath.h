@@ -2,10 +2,10 @@
  * batch and their derivatives, for float and double.
  *
  * The row functions are written once in _cellmath_rows.h; _ktable.h instantiates them
- * for both types and every ISA (_rows_inst.h) and points the names below at one ISA's. float uses exp/tanh
- * approximations that GCC vectorises (a libm call per element would stop vectorisation
- * and dominates small layers); double keeps libm, being the dtype for checking rather
- * than speed.
+ * for both types and every ISA (_rows_inst.h) and points the names below at one ISA's.
+ * float uses exp/tanh approximations that GCC vectorises (a libm call per element would
+ * stop vectorisation and dominates small layers); double keeps libm, being the dtype for
+ * checking rather than speed.
  */
 #ifndef FASTRNN_CELLMATH_H
 #define FASTRNN_CELLMATH_H

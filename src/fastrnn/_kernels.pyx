@@ -84,6 +84,8 @@ cdef extern from "_ktable.h" nogil:
                          int *sleepers, long chunk, volatile long *stop)
 
 cdef extern from "_stop.h" nogil:
+    ctypedef struct fr_stop_word:
+        long word
     int (*fr_signal_poll)() noexcept nogil
     bint fr_stop_before(volatile long *stop, long i, long stamp)
     bint fr_stop_poll(volatile long *stop)
@@ -325,10 +327,8 @@ fr_signal_poll = _poll_signals
 
 
 cdef inline void _stop_begin(volatile long *stop):
-    """Before a call's threads run: its stop word, and polling if this is the main thread.
-    The word is read by every thread at every step: it sits alone on its cache line (on
-    the caller's stack beside its other locals, the line travelled between the cores at
-    every step of a units split)."""
+    """Before a call's threads run: its stop word (an fr_stop_word's), and polling if this
+    is the main thread."""
     stop[0] = LONG_MAX
     fr_poll_begin(PyThread_get_thread_ident() == _main_thread)
 
@@ -416,8 +416,8 @@ _last_path = "batch"
 
 def last_forward_path():
     """The loop the latest forward call ran: "batch" (forward_loop), "units split"
-    (forward_units), "one sequence" (the kernel table's loop of one sequence, inputs projected before it) or "one
-    sequence, projection inside" (that loop projecting each step's inputs)."""
+    (forward_units), "one sequence" (fr_seq1_forward, inputs projected before the loop) or
+    "one sequence, projection inside" (fr_seq1_forward projecting each step's inputs)."""
     return _last_path
 
 
@@ -516,18 +516,18 @@ cdef enum:
     MERGED_BLOCK_ROWS = 4096
 
 
-cdef inline bint merged_tn(int tid, int nth, int m, int n, int k, const floating *a, int lda,
+cdef inline void merged_tn(int tid, int nth, int m, int n, int k, const floating *a, int lda,
                            const floating *b, int ldb, floating *c, int ldc,
                            floating *bpack, volatile long *stop) noexcept nogil:
     """This thread's rows of C (m x n) = A^T B, A stored k x m, B k x n: on the packed
-    kernel when bpack (this thread's room for a packed block of B) is given, else BLAS.
-    Returns whether the call was stopped (C is then incomplete)."""
+    kernel when bpack (this thread's room for a packed block of B) is given, else BLAS;
+    in blocks of the sum, returning early (C incomplete) once the call is stopped."""
     cdef long lo, hi
     cdef int k0 = 0, kc
     fr_split(m, 16, tid, nth, &lo, &hi)
     while k0 == 0 or k0 < k:
         if fr_stop_poll(stop):
-            return True
+            return
         kc = min(<int> MERGED_BLOCK_ROWS, k - k0)
         if floating is float:
             if bpack != NULL:
@@ -538,25 +538,23 @@ cdef inline bint merged_tn(int tid, int nth, int m, int n, int k, const floating
         gemm(True, False, <int> (hi - lo), n, kc, <floating> 1, a + k0 * lda + lo, lda,
              b + k0 * ldb, ldb, <floating> (1 if k0 > 0 else 0), c + lo * ldc, ldc)
         k0 += MERGED_BLOCK_ROWS
-    return False
 
 
-cdef inline bint merged_nn(int tid, int nth, const floating *packed, int m, int n, int k,
+cdef inline void merged_nn(int tid, int nth, const floating *packed, int m, int n, int k,
                            const floating *a, int lda, const floating *w, int ldw,
                            bint accumulate, floating *c, int ldc,
                            volatile long *stop) noexcept nogil:
     """This thread's rows of C (m x n) = A (m x k) @ W (k x n) [+ C], W packed or not;
-    returns whether the call was stopped."""
+    in blocks of rows, returning early once the call is stopped."""
     cdef long lo, hi, r0
     fr_split(m, 1, tid, nth, &lo, &hi)
     r0 = lo
     while r0 < hi:
         if fr_stop_poll(stop):
-            return True
+            return
         step_gemm(packed, <int> min(<long> MERGED_BLOCK_ROWS, hi - r0), n, k, a + r0 * lda,
                   lda, False, w, ldw, accumulate, c + r0 * ldc, ldc)
         r0 += MERGED_BLOCK_ROWS
-    return False
 
 
 cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t I,
@@ -877,8 +875,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
             pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
                                 pwih, I)
         sync(tid, nth)
-    # (a one-sequence layer of a stack projects its chunks inside fr_seq1_forward as they come,
-    # and the first layer's rows may be projected already: forward_stack_loop)
+    # (a one-sequence layer of a stack projects its chunks inside fr_seq1_forward as they
+    # come, and the first layer's rows may be projected already: forward_stack_loop)
     cdef bint upfront = (training or L.upfront) and not L.fuse and L.wait_on == NULL
     cdef bint in_out = L.pgates == L.pout  # the vanilla RNN's rows projected into out
     cdef bint vec = ppk != NULL  # the packed kernel and its vector cells
@@ -1920,8 +1918,8 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
-    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
-    cdef volatile long *stop = &stop_line[8]
+    cdef fr_stop_word stop_word
+    cdef volatile long *stop = &stop_word.word
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, L.training or L.split or L.upfront,
                      &held)
@@ -2075,8 +2073,8 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
-    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
-    cdef volatile long *stop = &stop_line[8]
+    cdef fr_stop_word stop_word
+    cdef volatile long *stop = &stop_word.word
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
         _bwd_plan(kind, L, nth)
@@ -2207,8 +2205,8 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
-    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
-    cdef volatile long *stop = &stop_line[8]
+    cdef fr_stop_word stop_word
+    cdef volatile long *stop = &stop_word.word
     _last_paired = False
     wi, wh, bi, bh, wr, h0, c0 = fwd
     try:
@@ -2273,8 +2271,8 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
-    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
-    cdef volatile long *stop = &stop_line[8]
+    cdef fr_stop_word stop_word
+    cdef volatile long *stop = &stop_word.word
     _last_paired = False
     h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = fwd
     try:
@@ -2386,8 +2384,8 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
     cdef FwdStack stack
     cdef int held = 0, nth = 1
     cdef bint worth = True
-    cdef volatile long stop_line[16]  # the word in the middle: a cache line of its own
-    cdef volatile long *stop = &stop_line[8]
+    cdef fr_stop_word stop_word
+    cdef volatile long *stop = &stop_word.word
     cdef fr_task_fn task = forward_stack_f if floating is float else forward_stack_d
     if Ls == NULL or counters == NULL:
         free(Ls)

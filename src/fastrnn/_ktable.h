@@ -65,7 +65,8 @@ typedef struct {
 } fr_ktable;
 
 #if defined(__clang__)
-#define FR_TARGET_PUSH(t) _Pragma(FR_TARGET_STR(clang attribute push(__attribute__((target(t))), apply_to = function)))
+#define FR_TARGET_PUSH(t) \
+    _Pragma(FR_TARGET_STR(clang attribute push(__attribute__((target(t))), apply_to = function)))
 #define FR_TARGET_POP _Pragma("clang attribute pop")
 #else
 #define FR_TARGET_PUSH(t) _Pragma("GCC push_options") _Pragma(FR_TARGET_STR(GCC target(t)))

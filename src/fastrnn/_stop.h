@@ -22,6 +22,13 @@
 #include <limits.h>
 #include <time.h>
 
+/* A call's stop word, alone on its cache line: every thread reads it at every step, and
+ * beside the caller's other locals the line travelled between the cores at each one. */
+typedef struct {
+    _Alignas(64) volatile long word;
+    char rest_of_line[64 - sizeof(long)];
+} fr_stop_word;
+
 #define FR_POLL_SECONDS 0.01
 #define FR_POLL_STEPS 32 /* steps between looks at the clock (a power of two) */
 
