@@ -2,16 +2,19 @@
 other holders of that count: the user's ``threadpoolctl`` limits and other Python
 threads' calls.
 
-A call sets OpenBLAS to one thread while it runs and puts back, when it ends, the count it
-found, unless someone else changed the count meanwhile: then what they set stays. Calls
-that overlap (one holds the pool, the others run on one thread) hold the count together:
-the first saves it, the last puts it back.
+A call that calls BLAS (float64; float32 where the capability hands products to BLAS)
+sets OpenBLAS to one thread while it runs and puts back, when it ends, the count it found,
+unless someone else changed the count meanwhile: then what they set stays. Calls that
+overlap (one holds the pool, the others run on one thread) hold the count together: the
+first saves it, the last puts it back. A call on the packed kernels alone makes no BLAS
+call and leaves the count alone.
 
 These tests run a long call on a background thread, wait until its hold is in force (the
 count reads 1 though it was above 1), act on the count from this thread, and look at it
 after the call. The background call takes about 0.3 s here; a faster machine doubles it
 until the call outlasts the action.
 """
+import itertools
 import threading
 import time
 
@@ -49,11 +52,13 @@ def _limit(n):
 
 
 class _Call:
-    """A call of a 512-unit LSTM on a batch of 4 on a background thread."""
+    """A call of a 512-unit float64 LSTM (its products are BLAS's) on a batch of 4, or of
+    another layer, on a background thread."""
 
-    def __init__(self, T):
-        self.layer = fastrnn.LSTM(512, 512, dtype=np.float32, seed=0)
-        self.x = np.random.default_rng(0).standard_normal((T, 4, 512)).astype(np.float32)
+    def __init__(self, T, layer=None):
+        self.layer = layer or fastrnn.LSTM(512, 512, dtype=np.float64, seed=0)
+        self.x = np.random.default_rng(0).standard_normal(
+            (T, 4, self.layer.input_size)).astype(self.layer.dtype)
         self.error = None
         self.thread = threading.Thread(target=self._run)
 
@@ -157,10 +162,81 @@ def test_overlapping_calls_hold_the_count_together():
     "OpenBLAS with pthreads has one thread count for the process (its "
     "openblas_set_num_threads_local sets that same count): a limit entered while a call "
     "holds the count reads the held 1 as the count to put back"))
-def test_a_limit_entered_during_a_call_ends_at_the_count_of_before():
+def test_a_limit_entered_during_a_call_that_holds_ends_at_the_count_of_before():
     """A threadpoolctl limit of 1 entered while a call holds the count and left after the
     call: the count should be the 2 of before both. It is 1: the limit read 1 on entry."""
     limiter = []
     _during_a_call(lambda: limiter.append(_limit(1)))
     limiter[0].restore_original_limits()
     assert _kernels.blas_threads() == 2
+
+
+def _packed_lstm():
+    """A float32 LSTM whose products run on the packed kernels on this capability."""
+    layer = fastrnn.LSTM(256, 256, dtype=np.float32, seed=0)
+    limit = _kernels.BLAS_STEP_WORK or _kernels.CAPABILITY_BLAS_STEP_WORK.get(
+        fastrnn.get_cpu_capability(), 1 << 62)
+    assert 4 * 4 * 256 * 256 < limit
+    return layer
+
+
+def test_a_limit_entered_during_a_call_on_the_packed_kernels_ends_at_the_count_of_before():
+    """The same on a call that makes no BLAS call (float32 on the packed kernels, on two
+    threads): it holds nothing, so the limit reads, and puts back, the 2 of before."""
+    layer = _packed_lstm()
+    for T in (2000, 8000, 32000, 128000):
+        call = _Call(T, layer).start()
+        time.sleep(0.01)  # the call's checks take well under a millisecond
+        inside = call.alive()
+        limit = _limit(1)
+        alive = call.alive()
+        call.join()
+        limit.restore_original_limits()
+        assert _kernels.blas_threads() == 2
+        if inside and alive:
+            assert _kernels.last_call_threads() == 2
+            assert not _kernels.last_call_held_blas()
+            return
+    pytest.fail("the background call never outlasted the limit")
+
+
+_SHAPES = [(300, 1, 64), (100, 1, 256), (100, 4, 64), (100, 16, 128)]
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_calls_that_call_blas_on_threads_hold_it_and_only_those(cell, cpu_capability):
+    """Every call that runs BLAS on two threads of ours holds BLAS at one thread, or the
+    two pools would share the cores. A float32 call of the size that takes threads on the
+    packed kernels makes no BLAS call and holds nothing; a pair of directions or layers
+    at once, each planned for one thread, does so where CAPABILITY_ONE_THREAD_PACKED
+    says (elsewhere its products on one thread are BLAS's)."""
+    rng = np.random.default_rng(0)
+    threaded = unheld = 0
+    for (T, B, H), dtype, bidirectional, layers in itertools.product(
+            _SHAPES, (np.float32, np.float64), (False, True), (1, 2)):
+        layer = getattr(fastrnn, cell)(H, H, num_layers=layers, bidirectional=bidirectional,
+                                       dtype=dtype, seed=0)
+        x = rng.standard_normal((T, B, H)).astype(dtype)
+        out, _, cache = layer.forward(x)
+        dout = np.ones_like(out)
+        packed = (dtype == np.float32 and B * 4 * H * H < (
+            _kernels.CAPABILITY_BLAS_STEP_WORK.get(cpu_capability, 1 << 62)))
+        big = T * B * H * 2 * H >= _kernels.THREAD_CALL_WORK
+        for what, run in (("inference", lambda: layer(x)), ("training", lambda: layer.forward(x)),
+                          ("backward", lambda: layer.backward(cache, dout))):
+            with _kernels.log_calls() as log:
+                run()
+            one_thread_packed = ("backward" if what == "backward" else "forward") in (
+                _kernels.CAPABILITY_ONE_THREAD_PACKED.get(cpu_capability, ()))
+            name = (f"{cell} {T}x{B}x{H} {np.dtype(dtype).name} bidirectional={bidirectional}"
+                    f" layers={layers} {what}")
+            assert log, name
+            for nth, held, calls, one_each in log:
+                if nth < 2:
+                    continue
+                threaded += 1
+                unheld += not held
+                assert held or calls == 0, f"{name}: {calls} BLAS calls on threads, no hold"
+                if packed and big and (one_thread_packed or not one_each):
+                    assert calls == 0 and not held, f"{name}: {calls} BLAS calls, held {held}"
+    assert threaded > 0 and unheld > 0

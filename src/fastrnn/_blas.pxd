@@ -6,6 +6,19 @@
 from cython cimport floating
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
+# BLAS calls made so far (all threads; for the tests that check which calls hold BLAS's
+# thread count: _kernels.blas_calls_made)
+cdef extern from *:
+    """
+    static long fr_blas_calls = 0;
+    static inline void fr_count_blas_call(void)
+    {
+        __atomic_add_fetch(&fr_blas_calls, 1, __ATOMIC_RELAXED);
+    }
+    """
+    long fr_blas_calls
+    void fr_count_blas_call() noexcept nogil
+
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
                       floating alpha, const floating *a, int lda,
@@ -19,6 +32,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
     cdef char tb = b'T' if trans_b else b'N'
     if m <= 0 or n <= 0:
         return
+    fr_count_blas_call()
     if floating is float:
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float *> b, &ldb, <float *> a, &lda,
               &beta, c, &ldc)

@@ -46,7 +46,7 @@ from cpython.exc cimport PyErr_Clear, PyErr_Fetch, PyErr_Restore
 from cpython.ref cimport PyObject
 from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
-from ._blas cimport gemm
+from ._blas cimport fr_blas_calls, gemm
 
 cnp.import_array()
 
@@ -98,7 +98,9 @@ cdef extern from "_pool.h" nogil:
     int fr_threads_cap
     int (*fr_blas_get_threads)()
     int fr_blas_bind(void *blas_symbol)
-    int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
+    int fr_pool_begin(int want, long warm_spins, int *held)
+    void fr_pool_hold_blas(int *held)
+    enum: FR_HELD_BLAS
     void fr_pool_end(int held)
     void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     void fr_barrier(int tid, int nth)
@@ -433,15 +435,61 @@ cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
 
 cdef int _begin(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K, bint merged,
                 int *held):
-    """fr_pool_begin for a call of _want_threads(N, B, GH, K, merged) threads. A call that
-    runs on one thread although threads are worth its size (one sequence) still holds
-    BLAS to one thread: it should not wake BLAS's threads (fr_pool_begin). A batch of one
-    sequence smaller than B1_WARM_WORK takes threads only if the workers are awake
+    """fr_pool_begin for a call of _want_threads(N, B, GH, K, merged) threads. A batch of
+    one sequence smaller than B1_WARM_WORK takes threads only if the workers are awake
     (B1_WARM_ONLY); if not, they are woken to spin for about twice this call on one thread
     (N*GH*K multiply-adds at about 25 G/s, a pause loop 30 ns), and so a call that follows
     soon finds them awake."""
-    return fr_pool_begin(_want_threads(N, B, GH, K, merged), N * GH * K >= THREAD_CALL_WORK,
+    return fr_pool_begin(_want_threads(N, B, GH, K, merged),
                          _warm_spins(N * GH * K) if B == 1 else 0, held)
+
+
+cdef inline void _hold_blas(bint calls_blas, int nth, Py_ssize_t work, int *held):
+    """Hold BLAS at one thread (fr_pool_hold_blas) for a planned call that calls BLAS on
+    nth > 1 threads, or on one thread though threads are worth its `work` multiply-adds
+    (one sequence, or the pool taken by another thread's call): it should not wake
+    BLAS's threads. A call that makes no BLAS call holds nothing."""
+    global _last_held_blas
+    _last_held_blas = calls_blas and (nth > 1 or work >= THREAD_CALL_WORK)
+    if _last_held_blas:
+        fr_pool_hold_blas(held)
+
+
+cdef bint _last_held_blas = False
+
+
+def last_call_held_blas():
+    """Whether the latest forward or backward call held BLAS at one thread (tests)."""
+    return bool(_last_held_blas)
+
+
+def blas_calls_made():
+    """BLAS calls made by the kernels so far, on every thread (tests)."""
+    return fr_blas_calls
+
+
+# None, or a list to which every call appends (threads, held BLAS, BLAS calls made,
+# whether its loops were planned for one thread each: a pair of directions, layers at
+# once), for the tests of which calls hold BLAS (log_calls)
+_call_log = None
+
+
+@contextlib.contextmanager
+def log_calls():
+    """Within the block, the kernel calls as (threads, held BLAS, BLAS calls, planned for
+    one thread each) (tests)."""
+    global _call_log
+    _call_log = log = []
+    try:
+        yield log
+    finally:
+        _call_log = None
+
+
+cdef inline void _log_call(int nth, int held, long blas_calls_before, bint one_each):
+    if _call_log is not None:
+        _call_log.append((nth, bool(held & FR_HELD_BLAS), fr_blas_calls - blas_calls_before,
+                          one_each))
 
 
 cdef long _warm_spins(Py_ssize_t work):
@@ -601,6 +649,25 @@ cdef bint use_packed(bint is_float, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t Hout
     if limit is None:
         limit = CAPABILITY_BLAS_STEP_WORK.get(fr_kt.name.decode(), 1 << 62)
     return is_float and B * GH * Hout < limit
+
+
+# A call on one thread leaves W_ih's products (and in backward the merged GEMMs) to BLAS.
+# From THREAD_CALL_WORK on, such a call holds BLAS at one thread (_hold_blas), which
+# undoes a thread limit another Python thread enters meanwhile; on the capabilities
+# listed here, whose packed kernels are as fast there, it runs them on the packed
+# kernels instead and calls no BLAS: AVX-512 forward and backward, AVX2 forward. A
+# bidirectional pair and a one-sequence inference run so; the measured figures are in
+# the README's performance notes.
+CAPABILITY_ONE_THREAD_PACKED = {"avx512": ("forward", "backward"), "avx2": ("forward",)}
+
+
+cdef bint _one_thread_packed(bint backward, Py_ssize_t work):
+    """Whether a float32 call of `work` multiply-adds on one thread runs all its products
+    on the packed kernels."""
+    if work < THREAD_CALL_WORK:
+        return False
+    passes = CAPABILITY_ONE_THREAD_PACKED.get(fr_kt.name.decode(), ())
+    return ("backward" if backward else "forward") in passes
 
 
 # ---------------------------------------------------------------------------------------
@@ -1855,8 +1922,10 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     # and for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the
     # same product there (it packs both operands every call; one-thread inference,
     # LSTM 100x16x256: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1
-    # leaves it to BLAS: half-empty panels made the RNN at H = 32 8% slower.
-    L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1 or chunk_steps > 0)
+    # leaves it to BLAS (half-empty panels made the RNN at H = 32 8% slower) but from
+    # THREAD_CALL_WORK where _one_thread_packed says so.
+    L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1 or chunk_steps > 0
+                                or _one_thread_packed(False, N * GH * (I + Hout)))
     if npack and not L.pack_ih:
         npack -= L.npack_ih
     # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
@@ -1913,10 +1982,23 @@ cdef object _fwd_result(bint training, tuple prepared):
     return out, h, c, saved
 
 
+cdef inline bint _fwd_calls_blas(const FwdLoop *L):
+    """Whether a planned forward calls BLAS: its products are not on the packed kernel
+    (double, or the capability's BLAS_STEP_WORK), or its W_ih is not packed."""
+    return L.npack == 0 or not L.pack_ih
+
+
+cdef inline bint _bwd_calls_blas(const BwdLoop *L):
+    """Whether a planned backward calls BLAS: not on the packed kernel, or on one thread
+    (whose merged GEMMs are BLAS's)."""
+    return L.ppk == NULL or L.pbpack == NULL
+
+
 cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     """Plan a prepared forward for the threads it takes alone, and run it."""
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
+    cdef long blas_before
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
@@ -1924,11 +2006,14 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, L.training or L.split or L.upfront,
                      &held)
         _fwd_plan(kind, L, nth)
+        _hold_blas(_fwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop
+        blas_before = fr_blas_calls
         _stop_begin(stop)
         with nogil:
             fr_pool_run(task, L, nth)
         _stop_end(stop)
+        _log_call(nth, held, blas_before, False)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -2044,8 +2129,10 @@ cdef int _bwd_plan(floating kind, BwdLoop *L, int nth) except -1:
     L.split = L.split and nth > 1
     _last_split = L.split
     _split_sequences(L.bs, L.T, L.B, N, nth, L.seqs, 0)
-    if npack and nth == 1:
-        npack -= L.npack_ih  # W_ih is packed for threaded calls only
+    # W_ih and the merged GEMMs' blocks are packed for threads; on one thread they are
+    # BLAS's but from THREAD_CALL_WORK where _one_thread_packed says so
+    if npack and nth == 1 and not _one_thread_packed(True, L.N * L.GH * (L.inputs + Hout)):
+        npack -= L.npack_ih
     elif npack:
         nbpack = fr_packed_size(max(L.inputs, L.H, Hout), FR_KC)
     nscratch = N * SD + N * Hout + N * P + L.B * L.H + npack + nth * nbpack
@@ -2072,17 +2159,21 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     """Plan a prepared backward for the threads it takes alone, and run it."""
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
+    cdef long blas_before
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
     try:
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
         _bwd_plan(kind, L, nth)
+        _hold_blas(_bwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop
+        blas_before = fr_blas_calls
         _stop_begin(stop)
         with nogil:
             fr_pool_run(task, L, nth)
         _stop_end(stop)
+        _log_call(nth, held, blas_before, False)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -2155,7 +2246,7 @@ cdef int _begin_pair(Py_ssize_t work, int *held):
     """fr_pool_begin for two directions of `work` multiply-adds each: like _begin's batch
     of one sequence, a pair below B1_WARM_WORK takes the second thread only while the
     workers are awake (they meet once, but waking one costs tens of microseconds)."""
-    return fr_pool_begin(2, 1, _warm_spins(2 * work), held)
+    return fr_pool_begin(2, _warm_spins(2 * work), held)
 
 
 cdef struct TwoLoops:
@@ -2204,6 +2295,7 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
     memset(&A, 0, sizeof(A))
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
+    cdef long blas_before
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
@@ -2233,11 +2325,15 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
                                  and A.N * A.SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
         _fwd_plan(kind, &A, 1)
         _fwd_plan(kind, &R, 1)
+        _hold_blas(_fwd_calls_blas(&A) or _fwd_calls_blas(&R), nth,
+                   A.N * A.GH * (A.inputs + A.Hout), &held)
         A.stop = R.stop = stop
+        blas_before = fr_blas_calls
         _stop_begin(stop)
         with nogil:
             _last_paired = _run_two(task, &A, &R, nth)
         _stop_end(stop)
+        _log_call(2 if _last_paired else 1, held, blas_before, True)
         if _last_paired:
             _last_threads = 2
     finally:
@@ -2270,6 +2366,7 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
     memset(&A, 0, sizeof(A))
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
+    cdef long blas_before
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
@@ -2293,11 +2390,15 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
         nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         _bwd_plan(kind, &A, 1)
         _bwd_plan(kind, &R, 1)
+        _hold_blas(_bwd_calls_blas(&A) or _bwd_calls_blas(&R), nth,
+                   A.N * A.GH * (A.inputs + A.Hout), &held)
         A.stop = R.stop = stop
+        blas_before = fr_blas_calls
         _stop_begin(stop)
         with nogil:
             _last_paired = _run_two(task, &A, &R, nth)
         _stop_end(stop)
+        _log_call(2 if _last_paired else 1, held, blas_before, True)
         if _last_paired:
             _last_threads = 2
     finally:
@@ -2383,7 +2484,8 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
     cdef int *counters = <int *> calloc(n + 1, sizeof(int))  # progress per layer, sleepers
     cdef FwdStack stack
     cdef int held = 0, nth = 1
-    cdef bint worth = True
+    cdef long blas_before
+    cdef bint worth = True, calls_blas = False
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
     cdef fr_task_fn task = forward_stack_f if floating is float else forward_stack_d
@@ -2429,13 +2531,18 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
         # one sequence on one thread leaves W_ih to BLAS (not packed): the threads share
         # its product now
         Ls[0].projected = nth >= 2 and Ls[0].upfront and not Ls[0].fuse and not Ls[0].pack_ih
+        for k in range(n):
+            calls_blas = calls_blas or _fwd_calls_blas(&Ls[k])
+        _hold_blas(calls_blas, nth, work, &held)
         stack.layers, stack.n = Ls, n
         for k in range(n):
             Ls[k].stop = stop
+        blas_before = fr_blas_calls
         _stop_begin(stop)
         with nogil:
             fr_pool_run(task, &stack, min(nth, 2))
         _stop_end(stop)
+        _log_call(min(nth, 2), held, blas_before, True)
         _last_paired = nth >= 2
         _last_threads = min(nth, 2)
     finally:

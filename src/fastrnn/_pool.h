@@ -5,9 +5,11 @@
  * where a step needs what another thread wrote. Letting BLAS thread the GEMMs between
  * the steps instead would put two pools on the cores, and their idle workers spin
  * against each other (measured: LSTM 100x16x128 inference 4.4 ms -> 208 ms with OpenMP
- * steps beside OpenBLAS's pool). So while a call holds the pool, the BLAS that scipy's
- * cython_blas uses (OpenBLAS with pthreads) is set to one thread, and each of our
- * threads calls it on its own block.
+ * steps beside OpenBLAS's pool). So while a call that calls BLAS holds the pool, the
+ * BLAS that scipy's cython_blas uses (OpenBLAS with pthreads) is set to one thread, and
+ * each of our threads calls it on its own block. Calls on the packed kernels (float32 on
+ * every capability, below the size where the portable one hands products to BLAS) make
+ * no BLAS call and leave the count alone.
  *
  * The thread count of a call is the BLAS's own setting (OPENBLAS_NUM_THREADS,
  * threadpoolctl limits), capped by fr_threads_cap; where that BLAS cannot be
@@ -17,7 +19,8 @@
  * openblas_set_num_threads_local sets the same count), which the user's threadpoolctl
  * limits and other Python threads' calls change too, so the hold composes with them
  * (fr_blas_hold): calls that overlap hold it together, and the count is put back only
- * if it is still the one the hold set.
+ * if it is still the one the hold set. A limit entered while a hold is in force still
+ * reads the held one as the count to put back: only calls that call BLAS hold it.
  */
 #ifndef FASTRNN_POOL_H
 #define FASTRNN_POOL_H
@@ -279,33 +282,29 @@ static void fr_pool_nudge(long spins)
     pthread_mutex_unlock(&fr_pool.lock);
 }
 
+/* What a call holds until fr_pool_end(held): the workers, and BLAS at one thread. */
+#define FR_HELD_POOL 1
+#define FR_HELD_BLAS 2
+
 /* Take the pool for a call that could use up to `want` threads. Returns the thread count
  * to run with; with warm_spins > 0, one unless the workers are awake (woken now for the
- * next call if not, to spin warm_spins pause loops: fr_pool_nudge). *held says what the
- * call holds until fr_pool_end(*held): 1 the pool, with BLAS held at one thread
- * (fr_blas_hold), always above one thread, and on one thread too if `hold_blas`, so that
- * a call we run on one thread does not wake BLAS's own threads:
- * OpenBLAS's idle threads spin about 0.1 s after their last product, and a units split
- * that came next shared a core with one (T=100, B=1, H=128: 0.1 -> 11 ms a call).
- * A call that finds the pool taken (another Python thread's) runs on one thread; with
- * `hold_blas` it holds BLAS at one thread beside the pool's holder (*held = 2), so that
- * the holder's end does not wake BLAS's threads under it. */
-static int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
+ * next call if not, to spin warm_spins pause loops: fr_pool_nudge). A call that finds the
+ * pool taken (another Python thread's) runs on one thread. *held gets FR_HELD_POOL when
+ * the call runs on the pool's threads. BLAS is not held here: a call that will call BLAS
+ * holds it with fr_pool_hold_blas once it knows (its plan depends on the thread count),
+ * and a call that never calls BLAS leaves the count alone, so that the limits other
+ * threads set meanwhile (threadpoolctl) are theirs to keep. */
+static int fr_pool_begin(int want, long warm_spins, int *held)
 {
     *held = 0;
     if (want > fr_threads_cap)
         want = fr_threads_cap;
     if (want > FR_MAX_THREADS)
         want = FR_MAX_THREADS;
-    if ((want <= 1 && !hold_blas) || !fr_blas_get_threads)
+    if (want <= 1 || !fr_blas_get_threads)
         return 1;
-    if (pthread_mutex_trylock(&fr_pool.busy) != 0) {
-        if (hold_blas) {
-            fr_blas_hold();
-            *held = 2;
-        }
+    if (pthread_mutex_trylock(&fr_pool.busy) != 0)
         return 1;
-    }
     int blas = fr_blas_get_threads();
     int nth = blas < want ? blas : want;
     if (nth < 1)
@@ -332,21 +331,32 @@ static int fr_pool_begin(int want, int hold_blas, long warm_spins, int *held)
         fr_pool_nudge(warm_spins);
         nth = 1;
     }
-    if (nth <= 1 && blas <= 1) {
+    if (nth <= 1) {
         pthread_mutex_unlock(&fr_pool.busy);
         return 1;
     }
-    fr_blas_hold();
-    *held = 1;
+    *held = FR_HELD_POOL;
     return nth;
+}
+
+/* Hold BLAS at one thread (fr_blas_hold) until fr_pool_end(*held), for a call that
+ * calls BLAS: from the pool's threads, where BLAS's own threads would oversubscribe the
+ * cores, or from one thread at a size where they would wake and then spin about 0.1 s
+ * after their last product (OpenBLAS's idle threads), sharing a core with the next
+ * threaded call (a units split after such a call: T=100, B=1, H=128, 0.1 -> 11 ms). */
+static void fr_pool_hold_blas(int *held)
+{
+    if (!fr_blas_get_threads || (*held & FR_HELD_BLAS))
+        return;
+    fr_blas_hold();
+    *held |= FR_HELD_BLAS;
 }
 
 static void fr_pool_end(int held)
 {
-    if (!held)
-        return;
-    fr_blas_release();
-    if (held == 1)
+    if (held & FR_HELD_BLAS)
+        fr_blas_release();
+    if (held & FR_HELD_POOL)
         pthread_mutex_unlock(&fr_pool.busy);
 }
 

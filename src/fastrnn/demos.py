@@ -587,7 +587,7 @@ def _clipping_demo(rng: np.random.Generator, backend: str, quick: bool,
           f"gradient norm is {norm:.3g}; clip_grad_norm(grads, max_norm={max_norm}) rescales "
           f"it to {clipped:.3g}, keeping its direction.", file=out)
 
-    n_steps = 60 if quick else 200
+    n_steps = 100 if quick else 200
     batches = [adding_batch(T, 64, rng) for _ in range(n_steps)]
     losses: dict[str, list[float]] = {}
     largest_w: dict[str, float] = {}
