@@ -232,3 +232,33 @@ def test_unbatched_and_zero_states():
         for a, b in zip(_flat(got), _flat(want)):
             assert a.shape == (H,)
             np.testing.assert_array_equal(a, b[0])
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_layer_steps_run_a_stack_one_step_at_a_time_on_its_own_arrays(name):
+    """layer_steps(layer): one step of each layer of a stack on cells whose parameters are
+    the layer's arrays: the layer's T = 1 call's bits, also after an in-place update of the
+    layer's parameters and after an array of them is replaced."""
+    from fastrnn.cells import layer_steps
+
+    _, _, lname, lopts = CELLS[name]
+    layer = getattr(fastrnn, lname)(I, H, num_layers=2, dtype=np.float64, seed=8, **lopts)
+    steps = layer_steps(layer)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, B, I))
+    hx = tuple(rng.standard_normal((2, B, H)) for _ in range(2 if name == "lstm" else 1))
+    hx = hx if name == "lstm" else hx[0]
+    for change in ("none", "in place", "replaced"):
+        if change == "in place":
+            layer.params["weight_hh_l1"] *= 0.5
+        elif change == "replaced":
+            layer.params["weight_ih_l0"] = layer.params["weight_ih_l0"] + 0.25
+        out, hn = layer(x, hx)
+        states = steps.state(hx, B)
+        top = steps.step(x[0], states)
+        np.testing.assert_array_equal(top, out[0], err_msg=change)
+        for a, b in zip(_flat(steps.layer_state(states)), _flat(hn)):
+            np.testing.assert_array_equal(a, b, err_msg=change)
+    with pytest.raises(ValueError, match=r"must have shape \(2, 4, 9\)"):
+        steps.state(tuple(a[:1] for a in _flat(hx)) if name == "lstm" else hx[:1], B)
+    assert layer_steps(getattr(fastrnn, lname)(I, H, bidirectional=True, **lopts)) is None

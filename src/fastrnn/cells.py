@@ -14,7 +14,8 @@ Parameters are named as PyTorch's cells name them (``weight_ih``, ``weight_hh``,
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -24,7 +25,7 @@ from .io import _cast_in_range
 from .layers import (INT32_MAX, _as_float, _check_bool, _check_dtype, _check_int, _contig,
                      _load_backend, _shape_str)
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "CellCache"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "CellCache", "LayerSteps", "layer_steps"]
 
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
@@ -47,6 +48,15 @@ class _CellBase:
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool,
                  reset_after: bool, dtype: Any, backend: str, seed: Any) -> None:
+        self._setup(mode, input_size, hidden_size, bias, reset_after, dtype, backend)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self._hidden_size)  # PyTorch's init: U(-1/sqrt(H), 1/sqrt(H))
+        self.params: Any = {k: rng.uniform(-bound, bound, size=s).astype(self._dtype)
+                            for k, s in self._shapes.items()}
+
+    def _setup(self, mode: str, input_size: int, hidden_size: int, bias: bool,
+               reset_after: bool, dtype: Any, backend: str) -> None:
+        """Everything but the parameters."""
         self._input_size = _check_int(input_size, "input_size", 1)
         self._hidden_size = _check_int(hidden_size, "hidden_size", 1)
         self._bias = _check_bool(bias, "bias")
@@ -63,10 +73,6 @@ class _CellBase:
         self._shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
         if self._bias:
             self._shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-        rng = np.random.default_rng(seed)
-        bound = 1.0 / np.sqrt(H)  # PyTorch's init: U(-1/sqrt(H), 1/sqrt(H)) for all
-        self.params: dict = {k: rng.uniform(-bound, bound, size=s).astype(self._dtype)
-                             for k, s in self._shapes.items()}
         self._consts: dict = {}
         self._consts_lock = threading.Lock()
 
@@ -296,3 +302,90 @@ class GRUCell(_CellBase):
     @property
     def reset_after(self) -> bool:
         return self._spec.reset_after
+
+
+class LayerSteps:
+    """A one-direction layer without projection run one step at a time: a cell per layer
+    of the stack whose parameters are the layer's own arrays (not copies, so it follows
+    an optimizer's in-place updates), each step one cell call per layer, as the layer's
+    T = 1 call computes it. Built by :func:`layer_steps`."""
+
+    def __init__(self, layer, cells):
+        self.layer, self.cells = layer, cells
+        self._lstm = layer.mode == "LSTM"
+
+    def state(self, hx: Any, B: int):
+        """The layer's state ``(num_layers, B, H)`` (LSTM: a tuple, either may be None) or
+        None, as the per-layer list of cell states."""
+        L, H = len(self.cells), self.layer.hidden_size
+        if self._lstm:
+            h, c = (None, None) if hx is None else hx
+        else:
+            h, c = hx, None
+        out = []
+        for k in range(L):
+            hk = None if h is None else self._part(h, k, "hx" if not self._lstm else "hx[0]",
+                                                   (L, B, H))
+            if self._lstm:
+                ck = None if c is None else self._part(c, k, "hx[1]", (L, B, H))
+                out.append((hk, ck))
+            else:
+                out.append(hk)
+        return out
+
+    @staticmethod
+    def _part(a, k, name, shape):
+        a = np.asarray(a)
+        if a.shape != shape:
+            raise ValueError(f"{name} must have shape {_shape_str(shape)} (num_layers, B, "
+                             f"hidden_size), got {_shape_str(a.shape)}")
+        return a[k]
+
+    def step(self, x: np.ndarray, states: list) -> np.ndarray:
+        """One step of every layer from ``x (B, input_size)``; ``states`` (from
+        :meth:`state`) is updated in place; returns the top layer's output."""
+        for k, cell in enumerate(self.cells):
+            states[k] = cell(x, states[k])
+            x = states[k][0] if self._lstm else states[k]
+        return x
+
+    def layer_state(self, states: list):
+        """The per-layer cell states as the layer's ``h_n`` (LSTM: ``(h_n, c_n)``)."""
+        if self._lstm:
+            return (np.stack([s[0] for s in states]), np.stack([s[1] for s in states]))
+        return np.stack(states)
+
+
+def layer_steps(layer) -> Optional[LayerSteps]:
+    """Cells over the arrays of ``layer`` (an ``RNN``, ``LSTM`` or ``GRU`` of one direction,
+    time-major, without projection), or None for a layer they cannot run."""
+    if layer.bidirectional or layer.proj_size or layer.batch_first:
+        return None
+    cells = []
+    for k in range(layer.num_layers):
+        cell = object.__new__({"LSTM": LSTMCell, "GRU": GRUCell}.get(layer.mode, RNNCell))
+        _CellBase._setup(cell, layer.mode, layer.input_size if k == 0 else layer.hidden_size,
+                         layer.hidden_size, layer.bias,
+                         getattr(layer, "reset_after", True), layer.dtype, layer.backend)
+        cell.params = _SharedParams(layer.params, f"_l{k}", cell._shapes)
+        cells.append(cell)
+    return LayerSteps(layer, cells)
+
+
+class _SharedParams(Mapping):
+    """A cell's view of one layer's entries in a layer's ``params`` (read at each call,
+    so that arrays the layer's dict replaces are seen too)."""
+
+    def __init__(self, params, suffix, shapes):
+        self._params, self._suffix, self._keys = params, suffix, tuple(shapes)
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._params[key + self._suffix]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)

@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import functional as F
+from .cells import layer_steps
 from .dense import Dense, DenseCache
 from .layers import GRU, LSTM, RNN, Cache, RNNBase
 from .optim import Optimizer, clip_grad_norm
@@ -449,12 +450,21 @@ class OneToMany(_Stepwise):
         unbatched = start.ndim == (0 if self.tokens else 1)
         cur = start.reshape((1,) + start.shape) if unbatched else start  # (B,) or (B, size)
         rng = np.random.default_rng() if rng is None else rng
+        # one cell call per layer and step (a layer's T = 1 call costs more Python)
+        steps_of = layer_steps(self.rnn)
         state = hx
+        if steps_of is not None:
+            B = len(cur)
+            state = steps_of.state(hx, B)
         outs = []
         for _ in range(steps):
             x = self._sequence(cur[None], self.input_size, "start")  # one step (1, B, I)
-            out, state = self.rnn(x, state)
-            y = self.head(out[0])  # (B, size)
+            if steps_of is not None:
+                top = steps_of.step(x[0], state)
+            else:
+                out, state = self.rnn(x, state)
+                top = out[0]
+            y = self.head(top)  # (B, size)
             cur = sample(y, temperature, rng) if self.tokens else y
             outs.append(cur)
         shape = (0,) + cur.shape
