@@ -88,7 +88,7 @@ def client():
     distributed = pytest.importorskip("distributed")
     # two single-thread worker processes with little memory each (more than a chunk needs)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       memory_limit="400MiB", dashboard_address=None,
+                                       memory_limit="400MiB", dashboard_address=":0",
                                        silence_logs=40)
     with distributed.Client(cluster) as c:
         yield c
@@ -118,3 +118,141 @@ def test_results_larger_than_a_workers_memory_are_stored_in_chunks(client, tmp_p
     back = da.from_npy_stack(str(tmp_path))
     part = slice(256 * 7, 256 * 7 + 5)
     np.testing.assert_allclose(back[:, part].compute(), layer(x[:, part].compute())[0], **TOL)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _data(rng, N=23, T=9, I=3, out=2, stepwise=False):
+    x = rng.standard_normal((T, N, I))
+    y = rng.standard_normal((T, N, out) if stepwise else (N, out))
+    lengths = rng.integers(2, T + 1, N)
+    return x, y, lengths
+
+
+def _one_process(model, x, y, lengths, epochs, batch_size, seed, make_opt, clip):
+    opt = make_opt(model)
+    losses = []
+    N = x.shape[1]
+    for epoch in range(epochs):
+        order = np.arange(N) if seed is None else np.random.default_rng((seed, epoch)).permutation(N)
+        for s in range(-(-N // batch_size)):
+            b = order[s * batch_size:(s + 1) * batch_size]
+            ys = y[:, b] if y.ndim == 3 else y[b]
+            losses.append(model.train_step((x[:, b], ys, [int(n) for n in lengths[b]]), opt,
+                                           clip))
+    return losses
+
+
+def _cluster(n):
+    distributed = pytest.importorskip("distributed")
+    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                    dashboard_address=":0", silence_logs=40)
+
+
+@pytest.mark.parametrize("stepwise", [False, True], ids=["many_to_one", "many_to_many"])
+def test_fit_on_1_2_3_workers_equals_train_step_on_the_global_batches(stepwise):
+    from fastrnn.optim import Adam
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(2)
+    x, y, lengths = _data(rng, stepwise=stepwise)
+    cls = models.ManyToMany if stepwise else models.ManyToOne
+    make = lambda: cls("lstm", 3, 5, 2, num_layers=2, loss="mse", dtype=np.float64,  # noqa: E731
+                       seed=1)
+    make_opt = lambda m: Adam(m.params, lr=0.01)  # noqa: E731
+    ref = make()
+    want = _one_process(ref, x, y, lengths, 2, 8, 5, make_opt, 0.5)
+    for n in (1, 2, 3):
+        with _cluster(n) as cluster, distributed.Client(cluster) as client:
+            m = make()
+            dx = da.from_array(x, chunks=(9, 6, 3))
+            dy = da.from_array(y, chunks=((9, 6, 2) if stepwise else (6, 2)))
+            got = fd.DataParallel(m, client).fit(dx, dy, epochs=2, batch_size=8,
+                                                 optimizer=make_opt(m), clip=0.5,
+                                                 lengths=lengths, shuffle_seed=5,
+                                                 progress=False)
+        np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=f"{n} workers")
+        for (k, a), b in zip(_items(m.state_dict()), _values(ref.state_dict())):
+            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10, err_msg=f"{n} workers {k}")
+
+
+def _items(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _items(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def _values(tree):
+    return [v for _, v in _items(tree)]
+
+
+def test_a_worker_killed_during_fit_loses_no_step(tmp_path):
+    """A worker process exits (os._exit) after the third step: its chunks and tasks are
+    recomputed elsewhere, and the final weights are those of a run without the fault; the
+    checkpoint of the last epoch resumes a new fit where it stopped."""
+    import os
+
+    from fastrnn.optim import SGD
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(3)
+    x, y, lengths = _data(rng, N=30)
+    make = lambda: models.ManyToOne("gru", 3, 4, 2, dtype=np.float64, seed=2)  # noqa: E731
+    ref = make()
+    want = _one_process(ref, x, y, lengths, 2, 6, None, lambda m: SGD(m.params, lr=0.1), None)
+
+    with _cluster(2) as cluster, distributed.Client(cluster) as client:
+        victim = sorted(client.scheduler_info()["workers"])[0]
+
+        class KillingSGD(SGD):
+            def step(self, grads):
+                super().step(grads)
+                if self.steps == 3:
+                    client.run(os._exit, 1, workers=[victim], on_error="ignore")
+
+        m = make()
+        got = fd.DataParallel(m, client).fit(
+            da.from_array(x, chunks=(9, 5, 3)), da.from_array(y, chunks=(5, 2)), epochs=2,
+            batch_size=6, optimizer=KillingSGD(m.params, lr=0.1), lengths=lengths,
+            checkpoint=tmp_path / "ckpt.npz", progress=False)
+        assert victim not in client.scheduler_info()["workers"]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    for a, b in zip(_values(m.state_dict()), _values(ref.state_dict())):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+    # a new driver resumes after the saved epoch: nothing left to do for epochs=2, one
+    # more epoch for epochs=3
+    with _cluster(1) as cluster, distributed.Client(cluster) as client:
+        m2 = make()
+        more = fd.DataParallel(m2, client).fit(
+            da.from_array(x, chunks=(9, 5, 3)), da.from_array(y, chunks=(5, 2)), epochs=3,
+            batch_size=6, optimizer=SGD(m2.params, lr=0.1), lengths=lengths,
+            checkpoint=tmp_path / "ckpt.npz", progress=False)
+    assert len(more) == 5
+    ref_more = _one_process(make(), x, y, lengths, 3, 6, None, lambda m: SGD(m.params, lr=0.1),
+                            None)
+    np.testing.assert_allclose(more, ref_more[10:], rtol=1e-9)
+
+
+def test_fit_refuses_bad_input_before_sending_tasks():
+    from fastrnn.optim import SGD
+    m = models.ManyToOne("rnn", 3, 4, 2, dtype=np.float64)
+    dp = fd.DataParallel(m, client=None)  # no task is sent before the checks
+    x = da.zeros((5, 10, 3), chunks=(5, 5, 3))
+    y = da.zeros((10, 2), chunks=(5, 2))
+    opt = SGD(m.params, lr=0.1)
+    with pytest.raises(TypeError, match="x and y must be dask arrays"):
+        dp.fit(np.zeros((5, 10, 3)), y, epochs=1, batch_size=2, optimizer=opt)
+    with pytest.raises(ValueError, match=r"x is chunked along axis 0"):
+        dp.fit(x.rechunk((1, 5, 3)), y, epochs=1, batch_size=2, optimizer=opt)
+    with pytest.raises(ValueError, match="chunked alike along the batch"):
+        dp.fit(x, y.rechunk((2, 2)), epochs=1, batch_size=2, optimizer=opt)
+    with pytest.raises(ValueError, match="lengths must be chunked"):
+        dp.fit(x, y, epochs=1, batch_size=2, optimizer=opt,
+               lengths=da.ones(10, chunks=2, dtype=int))
+    with pytest.raises(TypeError, match="the model computes in float64"):
+        dp.fit(x.astype(np.float32), y, epochs=1, batch_size=2, optimizer=opt)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        dp.fit(x, y, epochs=1, batch_size=0, optimizer=opt)
+    with pytest.raises(TypeError, match="ManyToOne or ManyToMany"):
+        fd.DataParallel(models.OneToMany("gru", 3, 4), client=None)
