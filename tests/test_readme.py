@@ -54,3 +54,19 @@ def test_readme_chunked_recipes_give_one_call_results(cell):
     _, _, grads = layer.backward(cache_all, target)
     for k in grads:
         np.testing.assert_allclose(ns["total"][k], grads[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("section", ["From PyTorch", "ONNX", "On a cluster"])
+def test_readme_integration_examples_run(section, tmp_path, monkeypatch):
+    """The examples of the PyTorch, ONNX and Dask sections, run as written (in a scratch
+    directory: they write files); each skips without its optional package."""
+    need = {"From PyTorch": ["torch"], "ONNX": ["onnx", "onnxruntime"],
+            "On a cluster": ["dask", "distributed"]}[section]
+    for name in need:
+        pytest.importorskip(name)
+    text = README.read_text()
+    part = text[text.index(f"## {section}"):]
+    part = part[:part.index("\n## ", 3)]
+    code, = re.findall(r"```python\n(.*?)```", part, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"README {section}", "exec"), {"__name__": "__main__"})

@@ -69,9 +69,9 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list, outputs: list, **attrs) -> list:
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(self.nodes)}",
-                                           **attrs))
+    def node(self, op: str, inputs: list, outputs: list, name: str = "", **attrs) -> list:
+        self.nodes.append(helper.make_node(op, inputs, outputs,
+                                           name=name or f"{op}_{len(self.nodes)}", **attrs))
         return outputs
 
 
@@ -118,7 +118,7 @@ def _layer_nodes(g: _Graph, layer, x: str, seq: str, h0: str, c0: str) -> tuple:
         ins = [inp, W, R, Bias, seq, states[0]] + ([states[1]] if op == "LSTM" else [])
         while ins and not ins[-1]:
             ins.pop()
-        g.node(op, ins, outs, **attrs)
+        g.node(op, ins, outs, name=f"{op}_l{k}", **attrs)  # layer k: import_layer(node=)
         # Y (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H)
         g.node("Transpose", [outs[0]], [f"Yt_l{k}"], perm=[0, 2, 1, 3])
         shape = g.const(f"out_shape_l{k}", np.array([0, 0, -1], np.int64))
