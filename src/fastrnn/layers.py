@@ -2,8 +2,8 @@
 dropout and the cache that links a training forward to its backward.
 
 The layers never know which backend runs: they call ``forward``/``backward`` of a backend
-module (``fastrnn.reference`` or ``fastrnn._compiled``) for one layer and one direction over
-a packed batch, exactly as described in :mod:`fastrnn._spec`.
+module (:mod:`fastrnn.backends`) for one layer and one direction over a packed batch,
+exactly as described in :mod:`fastrnn.backends.spec`.
 
 Shapes (PyTorch's conventions; ``D = 2`` if bidirectional else 1, ``L = num_layers``,
 ``Hout = proj_size or hidden_size``):
@@ -17,7 +17,6 @@ Shapes (PyTorch's conventions; ``D = 2`` if bidirectional else 1, ``L = num_laye
 """
 from __future__ import annotations
 
-import importlib
 import numbers
 import threading
 import warnings
@@ -27,28 +26,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._spec import CellSpec
+from . import backends
+from .backends.spec import CellSpec
 from .io import _cast_in_range
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
 INT32_MAX = 2**31 - 1
-_BACKENDS = {"compiled": "fastrnn._compiled", "reference": "fastrnn.reference"}
 _DIR_SUFFIX = ("", "_reverse")
-
-
-def _load_backend(name: Any):
-    if not isinstance(name, str) or name not in _BACKENDS:
-        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {name!r}")
-    try:
-        return importlib.import_module(_BACKENDS[name])
-    except ImportError as exc:
-        hint = (
-            " (build the extension with `pip install .`, or use backend='reference')"
-            if name == "compiled"
-            else ""
-        )
-        raise ImportError(f"fastrnn backend {name!r} is not available: {exc}{hint}") from exc
 
 
 # ----------------------------------------------------------------------------- validation
@@ -272,7 +257,7 @@ class RNNBase:
             )
         self._dtype = _check_dtype(dtype)
         self._backend_name = backend
-        self._be = _load_backend(backend)
+        self._be = backends.load(backend)
         if dropout > 0 and self._num_layers == 1:
             warnings.warn(
                 "dropout acts between layers: with num_layers=1 it has no effect",
@@ -368,7 +353,7 @@ class RNNBase:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._be = _load_backend(self._backend_name)
+        self._be = backends.load(self._backend_name)
         self._rng_lock = threading.Lock()
         self._wmemo = None
         self._consts = {}

@@ -1,9 +1,9 @@
 """The plain-NumPy reference backend: one recurrent layer, one direction, over a packed batch.
 
-This module implements the contract of :mod:`fastrnn._spec` straight from the equations of
-the design notes, one timestep at a time, the way a textbook writes them. It shares no code
-with the compiled kernels: its job is to be obviously right, so that it catches their
-mistakes. It is slow on purpose; nothing here is tuned.
+This module implements the contract of :mod:`fastrnn.backends.spec` straight from the
+equations of the design notes, one timestep at a time, the way a textbook writes them. It
+shares no code with the compiled kernels: its job is to be obviously right, so that it
+catches their mistakes. It is slow on purpose; nothing here is tuned.
 
 The equations (``@`` is a matrix product, rows are sequences of the batch; ``W.T`` because
 the weights are stored ``(out_features, in_features)`` as PyTorch stores them)::
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._spec import CellSpec
+from .spec import CellSpec
 
 __all__ = ["forward", "backward"]
 
@@ -255,8 +255,8 @@ def _copy(array):
 def forward(spec: CellSpec, params, x, batch_sizes, h0, c0, reverse, training):
     """Run one layer in one direction over a packed batch.
 
-    Parameters are as in :mod:`fastrnn._spec`: ``x (N, I)`` packed, ``batch_sizes (T,)``,
-    ``h0 (B, Hout)``, ``c0 (B, H)`` for the LSTM else None.
+    Parameters are as in :mod:`fastrnn.backends.spec`: ``x (N, I)`` packed,
+    ``batch_sizes (T,)``, ``h0 (B, Hout)``, ``c0 (B, H)`` for the LSTM else None.
 
     Returns ``out (N, Hout)``, ``h_n (B, Hout)``, ``c_n (B, H)`` or None, and ``saved``: a
     dict holding each step's cache when ``training``, else None.
