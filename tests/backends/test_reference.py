@@ -556,3 +556,14 @@ def test_results_are_fresh_arrays(variant, reverse):
                 assert result.flags.writeable
                 assert not any(np.shares_memory(result, a) for a in inputs)
 
+
+def test_the_old_module_name_is_the_same_module():
+    """``fastrnn.reference``, the name from before the backends had a package of their own,
+    is the backend module itself."""
+    import fastrnn.backends.reference
+    import fastrnn.reference
+
+    assert fastrnn.reference is fastrnn.backends.reference
+    from fastrnn import reference as by_from
+
+    assert by_from is fastrnn.backends.reference
