@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 from .backends import load as _load_backend
 from .backends.spec import CellSpec
 from .io import _cast_in_range
-from .layers import (INT32_MAX, _as_float, _check_bool, _check_dtype, _check_int, _contig,
+from .layers.base import (INT32_MAX, _as_float, _check_bool, _check_dtype, _check_int, _contig,
                      _shape_str)
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "CellCache", "LayerSteps", "layer_steps"]

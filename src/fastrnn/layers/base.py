@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import backends
-from .backends.spec import CellSpec
-from .io import _cast_in_range
+from .. import backends
+from ..backends.spec import CellSpec
+from ..io import _cast_in_range
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
