@@ -75,7 +75,7 @@ def torch():
 # ---- backends (appended by the layers engineer)
 def _compiled_importable():
     try:
-        import fastrnn._compiled  # noqa: F401
+        import fastrnn.backends.compiled  # noqa: F401
     except ImportError:
         return False
     return True

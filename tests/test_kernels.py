@@ -10,8 +10,9 @@ directions.
 import numpy as np
 import pytest
 
-from fastrnn import _compiled, _kernels, reference
-from fastrnn._spec import CellSpec
+from fastrnn import _kernels
+from fastrnn.backends import compiled as _compiled, reference
+from fastrnn.backends.spec import CellSpec
 
 from conftest import CPU_CAPABILITIES
 

@@ -20,10 +20,12 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._spec import CellSpec
+from .backends import load as _load_backend
+from .backends.spec import CellSpec
 from .io import _cast_in_range
-from .layers import (INT32_MAX, _as_float, _check_bool, _check_dtype, _check_int, _contig,
-                     _load_backend, _shape_str)
+from .layers.checks import (INT32_MAX, as_float as _as_float, check_bool as _check_bool,
+                            check_dtype as _check_dtype, check_int as _check_int,
+                            contig as _contig, shape_str as _shape_str)
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "CellCache", "LayerSteps", "layer_steps"]
 

@@ -962,8 +962,8 @@ def test_deepcopy_and_pickle():
 
 
 def test_missing_backend_message(monkeypatch):
-    import fastrnn.layers as layers
+    import fastrnn.backends as backends
 
-    monkeypatch.setitem(layers._BACKENDS, "compiled", "fastrnn._no_such_module")
+    monkeypatch.setitem(backends._MODULES, "compiled", "fastrnn._no_such_module")
     with pytest.raises(ImportError, match="pip install"):
         fastrnn.RNN(3, 4, backend="compiled")

@@ -1,8 +1,8 @@
-"""Tests of the NumPy reference backend, fastrnn.reference.
+"""Tests of the NumPy reference backend, fastrnn.backends.reference.
 
 The reference is the yardstick of the compiled kernels, so it is proven here on its own:
 its gradients against central finite differences (float64, tiny shapes), its outputs
-against formulas worked out by hand, and the packed-batch semantics of fastrnn._spec
+against formulas worked out by hand, and the packed-batch semantics of fastrnn.backends.spec
 against running every sequence of the batch alone.
 """
 import math
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastrnn import reference
-from fastrnn._spec import CellSpec
+from fastrnn.backends import reference
+from fastrnn.backends.spec import CellSpec
 
 INPUT, HIDDEN, PROJ = 3, 4, 2
 
@@ -555,3 +555,15 @@ def test_results_are_fresh_arrays(variant, reverse):
             if result is not None:
                 assert result.flags.writeable
                 assert not any(np.shares_memory(result, a) for a in inputs)
+
+
+def test_the_old_module_name_is_the_same_module():
+    """``fastrnn.reference``, the name from before the backends had a package of their own,
+    is the backend module itself."""
+    import fastrnn.backends.reference
+    import fastrnn.reference
+
+    assert fastrnn.reference is fastrnn.backends.reference
+    from fastrnn import reference as by_from
+
+    assert by_from is fastrnn.backends.reference

@@ -1,4 +1,5 @@
-"""The compiled backend: the contract of ``fastrnn/_spec.py`` over the Cython time loops.
+"""The compiled backend: the contract of :mod:`fastrnn.backends.spec` over the Cython time
+loops.
 
 The kernels (``_kernels.pyx``) check the arrays they are given, allocate their outputs and
 scratch, and return the saved activations of a training forward as a tuple
@@ -7,8 +8,8 @@ only maps names.
 """
 from __future__ import annotations
 
-from . import _kernels
-from ._spec import CellSpec
+from .. import _kernels
+from .spec import CellSpec
 
 _MODES = _kernels.MODES
 

@@ -1,4 +1,5 @@
-"""The contract between the layers and the two backends (layer 2 of the design).
+"""The contract between the layers and the two backends (layer 2 of the design): what a
+backend is given, what it returns, and :class:`CellSpec`, its description of a layer's cell.
 
 A backend runs one recurrent layer in one direction over a *packed* batch, the format of
 PyTorch's PackedSequence and cuDNN: the batch is sorted by length (longest first) and the
@@ -8,7 +9,8 @@ are always the first ``batch_sizes[t]`` sequences. A full (unpadded) batch is th
 case ``batch_sizes = [B] * T``, where packing is a plain reshape of ``(T, B, F)`` to
 ``(T*B, F)``.
 
-Each backend module (``fastrnn.reference`` and ``fastrnn._compiled``) provides::
+Each backend module (:mod:`fastrnn.backends.reference` and
+:mod:`fastrnn.backends.compiled`) provides::
 
     forward(spec, params, x, batch_sizes, h0, c0, reverse, training)
         -> out, h_n, c_n, saved
