@@ -27,6 +27,7 @@ from typing import Any, Optional
 import copy
 import os
 import threading
+import time
 from pathlib import Path
 
 import dask
@@ -281,7 +282,7 @@ class DataParallel:
             optimizer.load_state_dict(saved["optimizer"])
             first = int(saved["epoch"]) + 1
         fit_id = f"fit-{os.getpid()}-{id(self)}-{np.random.default_rng().integers(2**62)}"
-        template = client.scatter(model, broadcast=True)
+        template = _to_every_worker(client, model)
         steps_per_epoch = -(-N // batch_size)
         losses: list = []
         bar = Progress(total=(epochs - first) * steps_per_epoch, desc="fit",
@@ -296,9 +297,7 @@ class DataParallel:
                 for s in range(steps_per_epoch):
                     batch = order[s * batch_size:(s + 1) * batch_size]
                     step_id += 1
-                    # a list of one: a dict would be scattered value by value under its
-                    # own keys ("rnn", "head"), the same at every step
-                    state, = client.scatter([model.state_dict()], broadcast=True)
+                    state = _to_every_worker(client, model.state_dict())
                     parts = []
                     for c in range(len(xs)):
                         rows = np.sort(batch[(batch >= bounds[c]) & (batch < bounds[c + 1])])
@@ -334,6 +333,25 @@ class DataParallel:
             bar.close()
             client.run(_forget_fit, fit_id)
         return losses
+
+
+def _to_every_worker(client, value, attempts: int = 20):
+    """A future of `value` held by every worker (sent to each once). A worker that died a
+    moment ago may still be listed: the send to it fails, and is tried again once the
+    scheduler has dropped it."""
+    from distributed.comm.core import CommClosedError
+
+    for attempt in range(attempts):
+        try:
+            # a list of one: a dict would be scattered value by value under its own keys
+            # ("rnn", "head"), the same at every step
+            future, = client.scatter([value], broadcast=True)
+            return future
+        except (CommClosedError, OSError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _chunk_futures(a: "da.Array") -> list:
