@@ -1,6 +1,6 @@
 """The benchmark's problems and the implementations it compares: fastrnn itself, its NumPy
 reference, PyTorch, JAX and onnxruntime (inference only). Shared by ``python -m fastrnn
-bench`` (:mod:`fastrnn.bench`) and the pytest-benchmark suite in ``benchmarks/``.
+bench`` (:mod:`fastrnn.tools.bench`) and the pytest-benchmark suite in ``benchmarks/``.
 
 A :class:`Point` names one benchmark point (cell, sizes, options, dtype); :func:`make_problem`
 builds its inputs once (a fastrnn layer whose weights every implementation loads, ``x``, the
@@ -19,7 +19,6 @@ reads its thread flags when it is imported).
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -186,9 +185,9 @@ class Problem:
 
 
 def _fastrnn_layer(point: Point, backend: str, seed: Any = None):
-    from . import layers
+    import fastrnn
 
-    cls = getattr(layers, CELLS[point.cell][0])
+    cls = getattr(fastrnn, CELLS[point.cell][0])
     return cls(point.I, point.H, num_layers=point.layers, bidirectional=point.bidirectional,
                dtype=np.dtype(point.dtype), backend=backend, seed=seed)
 
@@ -678,10 +677,8 @@ def set_threads(n: int, peers: Sequence[str] = ("torch", "jax", "onnxruntime")
     else:
         done["affinity"] = f"all {len(cpus)} CPUs available (not pinned)"
     use_torch = "torch" in peers and peer_available("torch")
-    try:  # load the libraries first: threadpoolctl limits only the loaded ones
-        importlib.import_module(f"{__package__}._compiled")  # scipy's BLAS, OpenMP
-    except ImportError:
-        pass
+    # Load the libraries first: threadpoolctl limits only the loaded ones. fastrnn (imported
+    # before this package) has loaded its kernels and, through them, scipy's BLAS.
     if use_torch:
         import torch
     try:

@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
 
-from ._progress import Progress, format_time
-from .diagnostics import hidden_grad_norms, plot_curves, plot_grad_norms
-from .models import ManyToMany, ManyToOne, OneToMany
-from .optim import SGD, Adam, clip_grad_norm
+from fastrnn.diagnostics import hidden_grad_norms, plot_curves, plot_grad_norms
+from fastrnn.models import ManyToMany, ManyToOne, OneToMany
+from fastrnn.optim import SGD, Adam, clip_grad_norm
+
+from .progress import Progress, format_time
 
 __all__ = [
     "main", "run_adding", "run_text", "run_forecast", "run_gradients",

@@ -47,6 +47,8 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
+import fastrnn
+
 __all__ = [
     "CAPABILITIES",
     "CAP_ENV",
@@ -207,21 +209,6 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], out: TextIO,
 # ----------------------------------------------------------------------------- what runs
 
 
-def _fastrnn_capability() -> tuple[str | None, str]:
-    """The kernels fastrnn runs, and the call that told."""
-    import fastrnn
-
-    get = getattr(fastrnn, "get_cpu_capability", None)
-    if get is not None:
-        return str(get()), "fastrnn.get_cpu_capability()"
-    try:
-        from . import _kernels
-    except ImportError:
-        return None, "-"
-    get = getattr(_kernels, "get_cpu_capability", None)
-    return (None, "-") if get is None else (str(get()), "fastrnn._kernels.get_cpu_capability()")
-
-
 def _openblas_kernels() -> list[tuple[str, str]]:
     """(library file, kernel set) of every OpenBLAS loaded, from threadpoolctl."""
     try:
@@ -334,9 +321,9 @@ def report(peers: Sequence[str], cap: str | None = None,
         return None if value is None else f"{var}={value}"
 
     out = []
-    ours, how = _fastrnn_capability()
-    out.append(_entry("fastrnn", ours or "? (this fastrnn has no get_cpu_capability)",
-                      LEVELS.get(ours or ""), cap, setting("FASTRNN_CPU_CAPABILITY"), how))
+    ours = fastrnn.get_cpu_capability()
+    out.append(_entry("fastrnn", ours, LEVELS.get(ours), cap, setting("FASTRNN_CPU_CAPABILITY"),
+                      "fastrnn.get_cpu_capability()"))
     blas = _openblas_kernels()
     if blas:
         levels = [_level_of_openblas(k) for _, k in blas]

@@ -4,7 +4,7 @@ BLAS and FMA ceilings.
 For every point (cell, shape ``T x B x H``, pass) it
 
 1. builds one problem (weights, ``x``, the loss projection ``R``, lengths) that every
-   implementation uses (:mod:`fastrnn._peers`);
+   implementation uses (:mod:`fastrnn.tools.peers`);
 2. runs fastrnn and each peer once and checks the peer's outputs (and, for the training step,
    ``dx`` and every weight gradient) against fastrnn's: a peer that disagrees is reported, not
    timed (this call is also the warm-up; JAX compiles here);
@@ -20,7 +20,7 @@ the ratio ``peer time / fastrnn time``.
 
 ``--cpu-capability`` caps every library to an instruction set: the bench then re-runs
 itself in a child process whose environment sets each library's cap before it loads
-(:mod:`fastrnn._caps`), and its header says what each library runs.
+(:mod:`fastrnn.tools.caps`), and its header says what each library runs.
 
 Run ``python -m fastrnn bench --help`` for the options.
 """
@@ -41,19 +41,26 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import _caps, _peers
-from ._peers import (
+from fastrnn import __version__
+
+from . import caps
+from .peers import (
     CELLS,
     PASSES,
     PEERS,
+    TOLERANCE,
     Point,
+    Problem,
+    Unsupported,
+    available_cpus,
     compare,
     flops,
     make_problem,
     make_runner,
+    peer_available,
+    set_threads,
 )
-from ._progress import Progress
-from ._version import __version__
+from .progress import Progress
 
 __all__ = [
     "GRID",
@@ -277,7 +284,7 @@ def fma_peak(threads: int, seconds: float = 0.2) -> dict | None:
     (``fastrnn._kernels.fma_peak``), on one thread and on ``threads``: the arithmetic
     ceiling the points are measured against. None where this fastrnn lacks the probe."""
     try:
-        from ._kernels import fma_peak as peak
+        from fastrnn._kernels import fma_peak as peak
     except ImportError:
         return None
     one = float(peak(seconds, 1))
@@ -292,7 +299,7 @@ BLAS_SETTLE_SECONDS = 0.3
 
 
 def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: TimingSettings,
-                overhead: float, problem: _peers.Problem | None = None,
+                overhead: float, problem: Problem | None = None,
                 fma_gflops: float | None = None) -> dict:
     """Check and time fastrnn, ``peers`` and the GEMM probe at one point; return its record.
 
@@ -317,7 +324,7 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
         try:
             runner = make_runner(name, problem, pass_)
             result = compare(expected, runner.collect(runner.run()), point.dtype)
-        except _peers.Unsupported as exc:
+        except Unsupported as exc:
             record["peers"][name] = {"status": "unsupported", "message": str(exc)}
             continue
         except Exception as exc:  # noqa: BLE001 - a broken peer is reported, not fatal
@@ -454,7 +461,7 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
 
     ``cpu_capability``: the cap asked (in a child of ``--cpu-capability``), the variables
     the bench removed from the environment, and per library what it runs
-    (:func:`fastrnn._caps.report`; ``probe``: ask oneDNN, MKL and XLA in probe processes);
+    (:func:`fastrnn.caps.report`; ``probe``: ask oneDNN, MKL and XLA in probe processes);
     ``fma_peak``: ``fma`` (see :func:`fma_peak`)."""
     import scipy
     import scipy.linalg
@@ -481,10 +488,10 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
         versions["onnx"] = _version("onnx") or "?"
         extra["onnxruntime"] = ("one ONNX RNN/LSTM/GRU node per layer, CPU execution "
                                 "provider (MLAS), inference only")
-    parent = _caps.parent_info() or {}
+    parent = caps.parent_info() or {}
     cap = parent.get("cap")
     capability = {"asked": cap, "removed": parent.get("removed", {}),
-                  "libraries": _caps.report(peers, cap, probe=probe)}
+                  "libraries": caps.report(peers, cap, probe=probe)}
     return {
         "cpu": _cpu_model(), "simd": _cpu_simd(), "cpus": os.cpu_count(),
         "blas": _blas_libraries(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
@@ -530,7 +537,7 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     else:
         text = "unset (OpenBLAS picks its kernels for this CPU)"
     lines.append("OPENBLAS_CORETYPE: " + text)
-    lines += _caps.format_report(capability["libraries"], cap, removed)
+    lines += caps.format_report(capability["libraries"], cap, removed)
     fma = env.get("fma_peak")
     ours = next((e["runs"] for e in capability["libraries"] if e["library"] == "fastrnn"), "?")
     if fma:
@@ -554,7 +561,7 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
          f"probe in rounds of its own after the implementations"),
         (f"check: every peer's result (out, final states; training: dx and every weight "
          f"gradient) against fastrnn's before timing, max |difference| <= "
-         f"{_peers.TOLERANCE[dtype]:g} x max |fastrnn| per array ({dtype})"),
+         f"{TOLERANCE[dtype]:g} x max |fastrnn| per array ({dtype})"),
         ("GF/s: forward 2*N*G*H*(I+H) per layer and direction (N = T*B, or the sum of the "
          "lengths), a training step (forward + backward, all weight gradients) 3x that"),
         ("gemm: scipy ?gemm (fastrnn's BLAS) of the forward's GEMMs at the point, one "
@@ -735,7 +742,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", default=None,
                    help="comma list of torch, jax, onnxruntime (inference only), reference, "
                         "or 'none' (default: the installed ones of torch, jax, onnxruntime)")
-    p.add_argument("--cpu-capability", choices=_caps.CAPABILITIES, default=None,
+    p.add_argument("--cpu-capability", choices=caps.CAPABILITIES, default=None,
                    help="cap every implementation to this instruction set (what a user of "
                         "a CPU with only that gets): the bench re-runs itself in a child "
                         "process with each library's cap set before it loads; the header "
@@ -757,11 +764,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve_peers(text: str | None) -> list[str]:
     if text is None:
-        return [name for name in DEFAULT_PEERS if _peers.peer_available(name)]
+        return [name for name in DEFAULT_PEERS if peer_available(name)]
     if text.strip().lower() == "none":
         return []
     names = _parse_list(text, list(PEERS), "peers")
-    missing = [name for name in names if not _peers.peer_available(name)]
+    missing = [name for name in names if not peer_available(name)]
     if missing:
         raise ValueError("requested peers not installed: " + "; ".join(
             f"{name} ({PEERS[name]})" for name in missing))
@@ -796,7 +803,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else GRID)
     if args.layers < 1:
         raise ValueError(f"--layers must be >= 1, got {args.layers}")
-    threads = len(_peers.available_cpus()) if args.threads is None else args.threads
+    threads = len(available_cpus()) if args.threads is None else args.threads
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     settings = TimingSettings.quick() if args.quick else TimingSettings()
@@ -831,14 +838,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         print("python -m fastrnn bench: error: --plot needs matplotlib "
               "(pip install matplotlib, or pip install 'fastrnn[plot]')", file=sys.stderr)
         return 2
-    if _caps.needs_child(args.cpu_capability, os.environ):
+    if caps.needs_child(args.cpu_capability, os.environ):
         # The libraries read their caps (and OpenBLAS its OPENBLAS_CORETYPE) when they load,
         # which in this process has happened: the run goes on in a fresh one.
-        child_env = _caps.child_environment(args.cpu_capability, os.environ, argv)
-        return _caps.run_child(_caps.child_argv(argv), child_env, out, progress_file)
-    parent = _caps.parent_info() or {}
+        child_env = caps.child_environment(args.cpu_capability, os.environ, argv)
+        return caps.run_child(caps.child_argv(argv), child_env, out, progress_file)
+    parent = caps.parent_info() or {}
 
-    thread_control = _peers.set_threads(plan.threads, plan.peers)
+    thread_control = set_threads(plan.threads, plan.peers)
     fma = fma_peak(plan.threads, 0.1 if args.quick else 0.3)
     env = environment(plan.peers, plan.threads, thread_control, fma)
     overhead = gemm_call_overhead(np.dtype(args.dtype))
