@@ -39,9 +39,9 @@ def restore_threads(monkeypatch):
     if peers.peer_available("torch"):
         import torch
         torch_threads = torch.get_num_threads()
-    ort_threads = peers._ORT_THREADS
+    ort_threads = peers._ONNXRUNTIME_THREADS
     yield
-    peers._ORT_THREADS = ort_threads
+    peers._ONNXRUNTIME_THREADS = ort_threads
     if peers._THREADPOOL_LIMITS is not None:
         peers._THREADPOOL_LIMITS.restore_original_limits()
         peers._THREADPOOL_LIMITS = None
@@ -353,7 +353,7 @@ def test_when_a_child_runs_and_its_arguments():
 
 
 def test_isa_levels_of_what_the_libraries_print():
-    level = caps._level_of_text
+    level = caps._level_of_isa_name
     assert level("Intel AVX2") == caps.LEVELS["avx2"]
     assert level("Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions") == 3
     assert level("Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support") == 4
@@ -370,13 +370,13 @@ def test_probe_logs_are_parsed(monkeypatch):
                  "architecture Intel(R) Advanced Vector Extensions 2 (Intel(R) AVX2) enabled "
                  "processors, Lnx 2.60GHz lp64 gnu_thread\n"
                  "onednn_verbose,v1,info,cpu,isa:Intel AVX2\n")
-    monkeypatch.setattr(caps, "_probe", lambda code, env, timeout=120.0: torch_log)
+    monkeypatch.setattr(caps, "_run_probe", lambda code, env, timeout=120.0: torch_log)
     assert caps._torch_probe() == {"onednn": "Intel AVX2", "mkl": "AVX2"}
     jax_log = ("I1201 cpu_compiler.cc:1495] `xla_cpu_max_isa` is set. Will not use features "
                "newer than: SSE4_2\nmatmul library: YNNPACK\n")
-    monkeypatch.setattr(caps, "_probe", lambda code, env, timeout=120.0: jax_log)
+    monkeypatch.setattr(caps, "_run_probe", lambda code, env, timeout=120.0: jax_log)
     assert caps._jax_probe() == {"max_isa": "SSE4_2", "unknown": None, "matmul": "YNNPACK"}
-    monkeypatch.setattr(caps, "_probe", lambda code, env, timeout=120.0:
+    monkeypatch.setattr(caps, "_run_probe", lambda code, env, timeout=120.0:
                         "W1201 cpu_features.cc:106] Unknown CPU ISA: BOGUS\n")
     assert caps._jax_probe()["unknown"] == "BOGUS"
 
@@ -412,13 +412,14 @@ def _env(**extra):
 
 
 def test_header_names_the_caps_and_the_fma_peak():
+    entry = caps._report_entry
     libraries = [
-        caps._entry("fastrnn", "avx2", 2, "avx2", "FASTRNN_CPU_CAPABILITY=avx2",
-                     "fastrnn.get_cpu_capability()"),
-        caps._entry("torch oneDNN", "Intel AVX-512", 3, "avx2", "ONEDNN_MAX_CPU_ISA=AVX2",
-                     "ONEDNN_VERBOSE=1 in a probe process"),
-        caps._entry("onnxruntime MLAS", "kernels for this CPU: no setting caps them", None,
-                     "avx2", None, "-", cappable=False),
+        entry("fastrnn", "avx2", 2, "avx2", "FASTRNN_CPU_CAPABILITY=avx2",
+              "fastrnn.get_cpu_capability()"),
+        entry("torch oneDNN", "Intel AVX-512", 3, "avx2", "ONEDNN_MAX_CPU_ISA=AVX2",
+              "ONEDNN_VERBOSE=1 in a probe process"),
+        entry("onnxruntime MLAS", "kernels for this CPU: no setting caps them", None,
+              "avx2", None, "-", cappable=False),
     ]
     env = _env(openblas_coretype="Haswell",
                cpu_capability={"asked": "avx2", "removed": {}, "libraries": libraries},
@@ -438,8 +439,8 @@ def test_header_names_the_caps_and_the_fma_peak():
 
     env = _env(cpu_capability={"asked": None, "removed": {"OPENBLAS_CORETYPE": "Haswell",
                                                           "OPENBLAS_L2_SIZE": "1"},
-                               "libraries": [caps._entry("fastrnn", "avx512", 3, None, None,
-                                                          "fastrnn.get_cpu_capability()")]})
+                               "libraries": [entry("fastrnn", "avx512", 3, None, None,
+                                                   "fastrnn.get_cpu_capability()")]})
     text = bench.format_header(env, bench.TimingSettings(), 1e-6)
     assert ("OPENBLAS_CORETYPE: unset (the environment's Haswell was removed for this run: "
             "OpenBLAS picks its kernels for this CPU)") in text

@@ -348,16 +348,16 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
     # before the next point.
     timings.update(measure(probe.calls(), settings))
     time.sleep(BLAS_SETTLE_SECONDS)
-    ours_t = timings["fastrnn"]
-    gflops = record["flops"] / ours_t.best / 1e9
-    record["fastrnn"] = {"status": "ok", **ours_t.asdict(), "gflops": gflops}
+    fastrnn_timing = timings["fastrnn"]
+    gflops = record["flops"] / fastrnn_timing.best / 1e9
+    record["fastrnn"] = {"status": "ok", **fastrnn_timing.asdict(), "gflops": gflops}
     record["gemm"] = probe.rate(timings, overhead)
     record["gemm"]["share"] = gflops / record["gemm"]["gflops"]
     record["fma"] = None if not fma_gflops else {"gflops": fma_gflops,
                                                  "share": gflops / fma_gflops}
     for name, status in record["peers"].items():
         if status["status"] == "ok":
-            status.update(timings[name].asdict(), ratio=timings[name].best / ours_t.best)
+            status.update(timings[name].asdict(), ratio=timings[name].best / fastrnn_timing.best)
     return record
 
 
@@ -397,7 +397,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_simd() -> list[str]:
+def _cpu_simd_flags() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -448,7 +448,7 @@ def _blas_libraries() -> list[dict]:
     return libs
 
 
-def _version(module: str) -> str | None:
+def _module_version(module: str) -> str | None:
     try:
         return getattr(__import__(module), "__version__", "?")
     except ImportError:
@@ -479,13 +479,13 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
         import jax
 
         versions["jax"] = jax.__version__
-        versions["jaxlib"] = _version("jaxlib") or "?"
+        versions["jaxlib"] = _module_version("jaxlib") or "?"
         extra["jax"] = f"backend {jax.default_backend()}"
     if "onnxruntime" in peers:
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
-        versions["onnx"] = _version("onnx") or "?"
+        versions["onnx"] = _module_version("onnx") or "?"
         extra["onnxruntime"] = ("one ONNX RNN/LSTM/GRU node per layer, CPU execution "
                                 "provider (MLAS), inference only")
     parent = caps.parent_info() or {}
@@ -493,7 +493,7 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
     capability = {"asked": cap, "removed": parent.get("removed", {}),
                   "libraries": caps.report(peers, cap, probe=probe)}
     return {
-        "cpu": _cpu_model(), "simd": _cpu_simd(), "cpus": os.cpu_count(),
+        "cpu": _cpu_model(), "simd": _cpu_simd_flags(), "cpus": os.cpu_count(),
         "blas": _blas_libraries(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "threads": threads, "thread_control": dict(thread_control), "versions": versions,
         "peer_info": extra, "python": platform.python_version(),
@@ -575,8 +575,8 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     return "\n".join(lines)
 
 
-def _peer_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
-               name: str) -> str:
+def _peer_ratio_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
+                     name: str) -> str:
     if status is None:
         return "-"
     if status["status"] == "ok":
@@ -588,7 +588,7 @@ def _peer_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
     return f"{status['status'].upper()}[{len(notes)}]"
 
 
-def _gmean(values: Sequence[float]) -> float:
+def _geometric_mean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
@@ -621,7 +621,7 @@ def format_table(records: Sequence[Mapping[str, Any]], peers: Sequence[str]) -> 
             row += [f"FAILED[{len(notes)}]", "-", "-", "-", "-", "-"]
         for name in peers:
             status = r["peers"].get(name)
-            row.append(_peer_cell(status, notes, label, name))
+            row.append(_peer_ratio_cell(status, notes, label, name))
             if status is not None and status["status"] == "ok":
                 ratios[name].append(status["ratio"])
         if best_col:
@@ -643,7 +643,7 @@ def format_table(records: Sequence[Mapping[str, Any]], peers: Sequence[str]) -> 
     out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     for name, values in ratios.items():
         if values:
-            out.append(f"{name}: geometric mean ratio {_gmean(values):.2f}x, min "
+            out.append(f"{name}: geometric mean ratio {_geometric_mean(values):.2f}x, min "
                        f"{min(values):.2f}x over {len(values)} points; below 1.0x: "
                        f"{sum(v < 1.0 for v in values)}")
     return "\n".join(out + notes)
@@ -723,7 +723,7 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastrnn bench",
         description="Time fastrnn's RNN/LSTM/GRU against PyTorch, JAX and onnxruntime "
@@ -794,7 +794,7 @@ class _Plan:
     settings: TimingSettings
 
 
-def _plan(args: argparse.Namespace) -> _Plan:
+def _plan_of(args: argparse.Namespace) -> _Plan:
     """The plan of a parsed command line; ValueError names what is wrong."""
     cells = _parse_list(args.cells, list(CELLS), "cells")
     passes = _parse_list(args.passes, list(PASSES), "passes")
@@ -822,14 +822,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     """The ``bench`` command. Returns the exit code: 0, or 1 when fastrnn failed or (with
     ``--check``) a peer disagreed or failed, or 2 for bad options."""
     out = sys.stdout if out is None else out
-    parser = _parser()
+    parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return int(exc.code or 0)
     try:
-        plan = _plan(args)
+        plan = _plan_of(args)
     except ValueError as exc:
         parser.print_usage(sys.stderr)
         print(f"python -m fastrnn bench: error: {exc}", file=sys.stderr)
