@@ -2,7 +2,7 @@
 parsing, result checking, interleaved timing, the table, JSON output, ``--check``, the
 ``--cpu-capability`` child process and its header, the FMA peak column, and the peers'
 agreement with fastrnn at tiny sizes (onnxruntime's ONNX nodes included). Fast: tiny shapes,
-one round each; nothing is timed against a bar."""
+one round each; no test depends on how fast anything runs."""
 from __future__ import annotations
 
 import importlib.util

@@ -142,8 +142,8 @@ class Timing:
 def _time_block(fn: Callable[[], Any], n: int, clock: Callable[[], float]) -> float:
     """Mean seconds per call of ``n`` calls back to back, after one untimed call, so that the
     block does not pay for the previous implementation's threads winding down or for cold
-    caches. A single call right after torch's took 15-25% longer than the next (LSTM
-    100x64x256 inference: 44-48 ms, then 38), so slow calls get the untimed one too."""
+    caches. Even a call long enough to make a block alone runs slower right after another
+    implementation's, so it gets the untimed call too."""
     fn()
     t0 = clock()
     for _ in range(n):
@@ -295,6 +295,7 @@ def fma_peak(threads: int, seconds: float = 0.2) -> dict | None:
 # ----------------------------------------------------------------------------- one point
 
 
+#: The pause after a point's GEMM rounds, for BLAS's idle workers to go to sleep.
 BLAS_SETTLE_SECONDS = 0.3
 
 
@@ -343,7 +344,7 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
     timings = measure(calls, settings)
     record["other_cpus"] = load.stop()
     # The GEMMs are timed after, not among, the implementations: OpenBLAS's idle workers
-    # keep spinning for about 0.1 s after each threaded call, and on a small machine they
+    # keep spinning for a while after each threaded call, and on a small machine they
     # would take cores from whatever is timed next. The pause lets them go to sleep
     # before the next point.
     timings.update(measure(probe.calls(), settings))

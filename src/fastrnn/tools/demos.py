@@ -69,10 +69,8 @@ def blas_threads(n: Optional[int]) -> Iterator[None]:
     """Limit the BLAS thread pools to ``n`` threads (None: leave them alone).
 
     The per-step products of these small models gain nothing from BLAS threads, and on a
-    shared machine a thread waiting for a busy core costs time (measured on 2 cores with
-    another process running: LSTM, hidden 64, T=100, batch 64, forward and backward in
-    12.7 ms with one BLAS thread and 15.2 ms with two). Uses threadpoolctl when it is
-    installed, else does nothing (``OPENBLAS_NUM_THREADS=1`` in the environment does the
+    shared machine a thread waiting for a busy core costs time. Uses threadpoolctl when it
+    is installed, else does nothing (``OPENBLAS_NUM_THREADS=1`` in the environment does the
     same)."""
     try:
         from threadpoolctl import threadpool_limits
