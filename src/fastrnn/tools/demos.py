@@ -232,6 +232,35 @@ def _nats_to_bits(nats: float) -> float:
     return nats / np.log(2.0)
 
 
+def _read_text(file: Optional[str]) -> tuple[str, str]:
+    """The text of ``file`` (default: the embedded one), and how to name where it came from."""
+    if file is None:
+        return DEFAULT_TEXT, "the embedded default text"
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.read(), file
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DemoError(f"cannot read {file!r} as UTF-8 text: {exc}") from exc
+
+
+def _held_out_rows(val_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out text as inputs and next-character targets ``(steps, rows)``: up to 40
+    parallel rows of at most 500 steps each."""
+    n = min(len(val_ids) - 1, 20000)
+    rows = max(1, n // 500)
+    val_len = n // rows
+    val_x = val_ids[: rows * val_len].reshape(rows, val_len).T
+    val_y = val_ids[1: rows * val_len + 1].reshape(rows, val_len).T
+    return val_x, val_y
+
+
+def _frequency_bits(train_ids: np.ndarray, val_y: np.ndarray, vocab_size: int) -> float:
+    """Bits per character on ``val_y`` when every character is predicted from its frequency
+    in the training text alone (add-one smoothed)."""
+    freq = (np.bincount(train_ids, minlength=vocab_size) + 1) / (len(train_ids) + vocab_size)
+    return float(-np.mean(np.log2(freq[val_y])))
+
+
 def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
              file: Optional[str] = None, steps: Optional[int] = None,
              hidden: Optional[int] = None, cell: str = "lstm", temperature: float = 0.6,
@@ -247,14 +276,7 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     "best_step": the step whose weights are kept, "curve": [(step, train bits, val
     bits)]}``."""
     out = _stdout_unless_given(out)
-    if file is None:
-        text, source = DEFAULT_TEXT, "the embedded default text"
-    else:
-        try:
-            with open(file, encoding="utf-8") as f:
-                text, source = f.read(), file
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DemoError(f"cannot read {file!r} as UTF-8 text: {exc}") from exc
+    text, source = _read_text(file)
     vocab = sorted(set(text))
     index = {ch: i for i, ch in enumerate(vocab)}
     ids = np.array([index[ch] for ch in text], dtype=np.intp)
@@ -270,15 +292,8 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
                         f"must be longer than {seq_len + 1}")
     V = len(vocab)
 
-    # the held-out text as up to 40 parallel rows of at most 500 steps each
-    n = min(len(val_ids) - 1, 20000)
-    rows = max(1, n // 500)
-    val_len = n // rows
-    val_x = val_ids[: rows * val_len].reshape(rows, val_len).T
-    val_y = val_ids[1: rows * val_len + 1].reshape(rows, val_len).T
-    # its cross-entropy when every character is predicted from the frequencies alone
-    freq = (np.bincount(train_ids, minlength=V) + 1) / (len(train_ids) + V)
-    unigram_bits = float(-np.mean(np.log2(freq[val_y])))
+    val_x, val_y = _held_out_rows(val_ids)
+    unigram_bits = _frequency_bits(train_ids, val_y, V)
 
     print(f"Character-level {cell.upper()} language model on {source}: {len(text)} "
           f"characters, {V} distinct; hidden size {hidden}, sequences of {seq_len}, batch "
