@@ -4,7 +4,7 @@ One benchmark group per (cell, shape, options, pass); the implementations are pa
 inside each group (onnxruntime in the inference groups only), and each one's result is
 checked against fastrnn's before it is timed.
 The problems, peers, flop counts and checks are those of ``python -m fastrnn bench``
-(:mod:`fastrnn._peers`).
+(:mod:`fastrnn.tools.peers`).
 
     pytest benchmarks --benchmark-only          # run them
     pytest benchmarks --benchmark-skip          # collect only (every test skips)
@@ -20,13 +20,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pytest
 
-from fastrnn import _peers
-from fastrnn._peers import PASSES, Point, compare, flops, make_problem, make_runner
-from fastrnn.bench import environment
+from fastrnn.tools import peers
+from fastrnn.tools.peers import PASSES, Point, compare, flops, make_problem, make_runner
+from fastrnn.tools.bench import environment
 
 # Before any peer is imported: JAX reads its thread flags on import.
-THREADS = int(os.environ.get("FASTRNN_BENCH_THREADS", len(_peers.available_cpus())))
-THREAD_CONTROL = _peers.set_threads(THREADS)
+THREADS = int(os.environ.get("FASTRNN_BENCH_THREADS", len(peers.available_cpus())))
+THREAD_CONTROL = peers.set_threads(THREADS)
 
 #: The reference backend is timed only at these (T, B, I, H): a few small ones (its per-step
 #: NumPy loop takes seconds at the large ones).
@@ -37,8 +37,8 @@ REFERENCE_SHAPES = {(100, 1, 32, 32), (100, 16, 256, 256), (100, 1, 128, 128),
 def _marks(impl: str) -> list:
     if impl in ("fastrnn", "reference"):
         return []
-    return [pytest.mark.skipif(not _peers.peer_available(impl),
-                               reason=f"{impl} is not installed ({_peers.PEERS[impl]})")]
+    return [pytest.mark.skipif(not peers.peer_available(impl),
+                               reason=f"{impl} is not installed ({peers.PEERS[impl]})")]
 
 
 def cases(points: Iterable[Point], passes: Sequence[str] = PASSES) -> list:
@@ -69,7 +69,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _problem(point: Point) -> _peers.Problem:
+def _problem(point: Point) -> peers.Problem:
     return make_problem(point)
 
 
@@ -80,7 +80,7 @@ def _expected(point: Point, pass_: str) -> dict:
     return {k: np.array(v, copy=True) for k, v in runner.collect(runner.run()).items()}
 
 
-def checked_runner(point: Point, pass_: str, impl: str) -> _peers.Runner:
+def checked_runner(point: Point, pass_: str, impl: str) -> peers.Runner:
     """The runner of ``impl``, warmed up, after its result matched fastrnn's (else fail)."""
     runner = make_runner(impl, _problem(point), pass_)
     result = runner.collect(runner.run())
@@ -112,5 +112,5 @@ def bench_rnn(benchmark):
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     """The environment the bench command prints (CPU, BLAS and kernel set, threads, versions)
     goes into the saved machine info."""
-    peers = [name for name in ("torch", "jax", "onnxruntime") if _peers.peer_available(name)]
-    machine_info["fastrnn"] = environment(peers, THREADS, THREAD_CONTROL)
+    installed = [name for name in ("torch", "jax", "onnxruntime") if peers.peer_available(name)]
+    machine_info["fastrnn"] = environment(installed, THREADS, THREAD_CONTROL)

@@ -1,7 +1,7 @@
 """A few points with the layer options: bidirectional, two stacked layers, and variable
 lengths (spread from T to T/4), for every cell, float32. Parametrised over ``POINTS`` x
 passes x implementations by ``conftest.pytest_generate_tests``."""
-from fastrnn._peers import CELLS, Point
+from fastrnn.tools.peers import CELLS, Point
 
 OPTIONS = [{"bidirectional": True}, {"layers": 2}, {"ragged": True}]
 POINTS = [Point(cell, 100, 16, 256, 256, **opts) for cell in CELLS for opts in OPTIONS]

@@ -1,4 +1,4 @@
-"""Compiled against the reference backend, each measured in its own process (issue 2's bar).
+"""Compiled against the reference backend, each measured in its own process.
 
     python benchmarks/vs_reference.py [--seconds 2]
 

@@ -1,4 +1,4 @@
-"""``python -m fastrnn COMMAND ...``: the demos and the benchmark."""
+"""``python -m fastrnn COMMAND ...``: the demos and the benchmark (:mod:`fastrnn.tools`)."""
 from __future__ import annotations
 
 import sys
@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "demo":
-        from .demos import main as run
+        from .tools.demos import main as run
     elif command == "bench":
-        from .bench import main as run
+        from .tools.bench import main as run
     else:
         print(f"unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
         return 2

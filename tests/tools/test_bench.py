@@ -2,7 +2,7 @@
 parsing, result checking, interleaved timing, the table, JSON output, ``--check``, the
 ``--cpu-capability`` child process and its header, the FMA peak column, and the peers'
 agreement with fastrnn at tiny sizes (onnxruntime's ONNX nodes included). Fast: tiny shapes,
-one round each; nothing is timed against a bar."""
+one round each; no test depends on how fast anything runs."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +15,8 @@ import platform
 import numpy as np
 import pytest
 
-from fastrnn import _caps, _peers, bench
-from fastrnn._peers import Point, compare, flops, make_problem, make_runner
+from fastrnn.tools import bench, caps, peers
+from fastrnn.tools.peers import Point, compare, flops, make_problem, make_runner
 
 TINY = ["--shapes", "5x2x3,4x3x2x5", "--min-time", "0", "--repeats", "1"]
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -26,7 +26,7 @@ X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 def no_forced_kernels(monkeypatch):
     """The bench re-runs itself in a child when the environment forces OpenBLAS's kernels
     (some machines set OPENBLAS_CORETYPE); these tests run it in-process unless they ask."""
-    for var in (*_caps.OPENBLAS_VARS, _caps.PARENT_VAR):
+    for var in (*caps.OPENBLAS_VARS, caps.PARENT_VAR):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -34,20 +34,20 @@ def no_forced_kernels(monkeypatch):
 def restore_threads(monkeypatch):
     """Undo what ``set_threads`` does to this process (limits, torch threads, affinity)."""
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-    affinity = _peers.available_cpus()
+    affinity = peers.available_cpus()
     torch = None
-    if _peers.peer_available("torch"):
+    if peers.peer_available("torch"):
         import torch
         torch_threads = torch.get_num_threads()
-    ort_threads = _peers._ORT_THREADS
+    ort_threads = peers._ONNXRUNTIME_THREADS
     yield
-    _peers._ORT_THREADS = ort_threads
-    if _peers._THREADPOOL_LIMITS is not None:
-        _peers._THREADPOOL_LIMITS.restore_original_limits()
-        _peers._THREADPOOL_LIMITS = None
+    peers._ONNXRUNTIME_THREADS = ort_threads
+    if peers._THREADPOOL_LIMITS is not None:
+        peers._THREADPOOL_LIMITS.restore_original_limits()
+        peers._THREADPOOL_LIMITS = None
     if torch is not None:
         torch.set_num_threads(torch_threads)
-    _peers._pin_process(affinity)
+    peers._pin_process(affinity)
 
 
 def run_main(args, **kwargs):
@@ -170,14 +170,14 @@ def test_measure_blocks_fast_calls_and_keeps_going_for_min_time():
 # ----------------------------------------------------------------------------- the table
 
 
-def _record(**peers):
+def _record(**peer_statuses):
     return {"cell": "lstm", "T": 100, "B": 16, "I": 256, "H": 256, "layers": 1,
             "bidirectional": False, "ragged": False, "dtype": "float32", "pass": "training",
             "flops": 1e9,
             "fastrnn": {"status": "ok", "best_s": 0.004, "median_s": 0.005, "k": 7,
                         "inner": 1, "gflops": 250.0},
             "gemm": {"gflops": 312.5, "share": 0.8}, "fma": {"gflops": 500.0, "share": 0.5},
-            "other_cpus": 0.04, "peers": peers}
+            "other_cpus": 0.04, "peers": peer_statuses}
 
 
 def test_format_table():
@@ -260,7 +260,7 @@ def test_check_mode_fails_on_a_peer_that_disagrees(monkeypatch, restore_threads)
             result = dict(runner.collect(res))
             result["out"] = result["out"] + 0.5
             return result
-        return _peers.Runner(name, runner.run, collect)
+        return peers.Runner(name, runner.run, collect)
 
     monkeypatch.setattr(bench, "make_runner", corrupted)
     args = ["--quick", *TINY, "--cells", "lstm", "--pass", "inference", "--peers", "reference"]
@@ -278,7 +278,7 @@ def test_bad_options_exit_2(monkeypatch, capsys):
     assert bench.main(["--dtype", "float16"]) == 2
     assert bench.main(["--layers", "0"]) == 2
     assert bench.main(["--threads", "0"]) == 2
-    monkeypatch.setattr(_peers, "peer_available", lambda name: False)
+    monkeypatch.setattr(bench, "peer_available", lambda name: False)
     assert bench.main(["--peers", "torch"]) == 2
     assert "pip install torch==2.13.0" in capsys.readouterr().err
     assert bench.main(["--help"]) == 0
@@ -298,7 +298,7 @@ def test_child_environment_per_capability():
             "XLA_FLAGS": "--xla_foo=1"}
     before = dict(base)
     avx512 = {"sse2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
-    env = _caps.child_environment("avx2", base, ["--cpu-capability", "avx2"], avx512)
+    env = caps.child_environment("avx2", base, ["--cpu-capability", "avx2"], avx512)
     assert base == before  # the parent's environment is not changed
     assert env["PATH"] == "/bin" and "OPENBLAS_L2_SIZE" not in env
     assert {k: env[k] for k in ("FASTRNN_CPU_CAPABILITY", "OPENBLAS_CORETYPE",
@@ -308,61 +308,61 @@ def test_child_environment_per_capability():
         "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
         "ATEN_CPU_CAPABILITY": "avx2"}
     assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_cpu_max_isa=AVX2"
-    parent = _caps.parent_info(env)
+    parent = caps.parent_info(env)
     assert parent == {"cap": "avx2", "argv": ["--cpu-capability", "avx2"],
                       "removed": {"OPENBLAS_CORETYPE": "Haswell",
                                   "OPENBLAS_L2_SIZE": "1048576"}}
 
-    env = _caps.child_environment("default", {}, flags=avx512)
+    env = caps.child_environment("default", {}, flags=avx512)
     assert (env["FASTRNN_CPU_CAPABILITY"], env["OPENBLAS_CORETYPE"], env["ONEDNN_MAX_CPU_ISA"],
             env["MKL_ENABLE_INSTRUCTIONS"], env["ATEN_CPU_CAPABILITY"], env["XLA_FLAGS"]) == (
         "default", "Prescott", "SSE41", "SSE4_2", "default", "--xla_cpu_max_isa=SSE4_2")
-    env = _caps.child_environment("avx512", {}, flags=avx512)
+    env = caps.child_environment("avx512", {}, flags=avx512)
     assert (env["OPENBLAS_CORETYPE"], env["ONEDNN_MAX_CPU_ISA"],
             env["XLA_FLAGS"]) == ("SkylakeX", "AVX512_CORE", "--xla_cpu_max_isa=AVX512")
     # on a CPU without AVX-512, OpenBLAS and ATen are not forced onto kernels it lacks (the
     # maxima of the others are harmless); they run below the cap already
-    env = _caps.child_environment("avx512", {}, flags={"sse2", "avx", "avx2", "fma"})
+    env = caps.child_environment("avx512", {}, flags={"sse2", "avx", "avx2", "fma"})
     assert "OPENBLAS_CORETYPE" not in env and "ATEN_CPU_CAPABILITY" not in env
     assert (env["FASTRNN_CPU_CAPABILITY"], env["MKL_ENABLE_INSTRUCTIONS"]) == ("avx512",
                                                                               "AVX512")
-    env = _caps.child_environment("avx2", {}, flags={"sse2", "avx"})
+    env = caps.child_environment("avx2", {}, flags={"sse2", "avx"})
     assert "OPENBLAS_CORETYPE" not in env and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
     # no cap: only the variables that force OpenBLAS's kernels go
-    env = _caps.child_environment(None, base)
+    env = caps.child_environment(None, base)
     assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_L2_SIZE" not in env
     assert env["XLA_FLAGS"] == "--xla_foo=1"
     assert not any(v in env for v in ("FASTRNN_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY",
                                       "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"))
-    assert _caps.parent_info(env)["cap"] is None
+    assert caps.parent_info(env)["cap"] is None
     with pytest.raises(ValueError, match="avx2"):
-        _caps.child_environment("sse2", {})
+        caps.child_environment("sse2", {})
 
 
 def test_when_a_child_runs_and_its_arguments():
-    assert _caps.needs_child("avx2", {})
-    assert not _caps.needs_child(None, {"PATH": "/bin"})
-    assert _caps.needs_child(None, {"OPENBLAS_CORETYPE": "Haswell"})
-    assert _caps.needs_child(None, {"OPENBLAS_L2_SIZE": "1"})
-    child = _caps.child_environment("avx2", {"OPENBLAS_CORETYPE": "Haswell"})
-    assert not _caps.needs_child("avx2", child)  # never a child of a child
+    assert caps.needs_child("avx2", {})
+    assert not caps.needs_child(None, {"PATH": "/bin"})
+    assert caps.needs_child(None, {"OPENBLAS_CORETYPE": "Haswell"})
+    assert caps.needs_child(None, {"OPENBLAS_L2_SIZE": "1"})
+    child = caps.child_environment("avx2", {"OPENBLAS_CORETYPE": "Haswell"})
+    assert not caps.needs_child("avx2", child)  # never a child of a child
     argv = ["--quick", "--cpu-capability", "avx2", "--cells", "lstm", "--cpu-capability=default",
             "--cpu-cap", "avx512", "--check", "--cells=gru"]
-    assert _caps.child_argv(argv) == ["--quick", "--cells", "lstm", "--check", "--cells=gru"]
+    assert caps.child_argv(argv) == ["--quick", "--cells", "lstm", "--check", "--cells=gru"]
 
 
 def test_isa_levels_of_what_the_libraries_print():
-    level = _caps._level_of_text
-    assert level("Intel AVX2") == _caps.LEVELS["avx2"]
+    level = caps._level_of_isa_name
+    assert level("Intel AVX2") == caps.LEVELS["avx2"]
     assert level("Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions") == 3
     assert level("Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support") == 4
     assert level("Intel SSE4.1") == level("SSE4.2") == level("DEFAULT") == 0
     assert level("AVX512") == 3 and level("avx2") == 2 and level("ZVECTOR") is None
-    assert _caps._level_of_openblas("Haswell") == 2
-    assert _caps._level_of_openblas("SkylakeX") == 3
-    assert _caps._level_of_openblas("Katmai") == _caps._level_of_openblas("Prescott") == 0
-    assert _caps._level_of_openblas("SapphireRapids") == 4
+    assert caps._level_of_openblas("Haswell") == 2
+    assert caps._level_of_openblas("SkylakeX") == 3
+    assert caps._level_of_openblas("Katmai") == caps._level_of_openblas("Prescott") == 0
+    assert caps._level_of_openblas("SapphireRapids") == 4
 
 
 def test_probe_logs_are_parsed(monkeypatch):
@@ -370,34 +370,34 @@ def test_probe_logs_are_parsed(monkeypatch):
                  "architecture Intel(R) Advanced Vector Extensions 2 (Intel(R) AVX2) enabled "
                  "processors, Lnx 2.60GHz lp64 gnu_thread\n"
                  "onednn_verbose,v1,info,cpu,isa:Intel AVX2\n")
-    monkeypatch.setattr(_caps, "_probe", lambda code, env, timeout=120.0: torch_log)
-    assert _caps._torch_probe() == {"onednn": "Intel AVX2", "mkl": "AVX2"}
+    monkeypatch.setattr(caps, "_run_probe", lambda code, env, timeout=120.0: torch_log)
+    assert caps._torch_probe() == {"onednn": "Intel AVX2", "mkl": "AVX2"}
     jax_log = ("I1201 cpu_compiler.cc:1495] `xla_cpu_max_isa` is set. Will not use features "
                "newer than: SSE4_2\nmatmul library: YNNPACK\n")
-    monkeypatch.setattr(_caps, "_probe", lambda code, env, timeout=120.0: jax_log)
-    assert _caps._jax_probe() == {"max_isa": "SSE4_2", "unknown": None, "matmul": "YNNPACK"}
-    monkeypatch.setattr(_caps, "_probe", lambda code, env, timeout=120.0:
+    monkeypatch.setattr(caps, "_run_probe", lambda code, env, timeout=120.0: jax_log)
+    assert caps._jax_probe() == {"max_isa": "SSE4_2", "unknown": None, "matmul": "YNNPACK"}
+    monkeypatch.setattr(caps, "_run_probe", lambda code, env, timeout=120.0:
                         "W1201 cpu_features.cc:106] Unknown CPU ISA: BOGUS\n")
-    assert _caps._jax_probe()["unknown"] == "BOGUS"
+    assert caps._jax_probe()["unknown"] == "BOGUS"
 
 
 @pytest.mark.skipif(not X86_64, reason="x86-64 instruction-set caps")
 def test_torch_honours_its_caps(monkeypatch):
-    if not _peers.peer_available("torch"):
+    if not peers.peer_available("torch"):
         pytest.skip("torch is not installed")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")
-    found = _caps._torch_probe()
+    found = caps._torch_probe()
     assert found["onednn"] is not None and "SSE4.1" in found["onednn"]
     assert found["mkl"] is not None and "SSE4.2" in found["mkl"]
 
 
 @pytest.mark.skipif(not X86_64, reason="x86-64 instruction-set caps")
 def test_xla_honours_its_cap(monkeypatch):
-    if not _peers.peer_available("jax"):
+    if not peers.peer_available("jax"):
         pytest.skip("jax is not installed")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=SSE4_2")
-    found = _caps._jax_probe()
+    found = caps._jax_probe()
     assert found["max_isa"] == "SSE4_2" and found["unknown"] is None
 
 
@@ -412,13 +412,14 @@ def _env(**extra):
 
 
 def test_header_names_the_caps_and_the_fma_peak():
+    entry = caps._report_entry
     libraries = [
-        _caps._entry("fastrnn", "avx2", 2, "avx2", "FASTRNN_CPU_CAPABILITY=avx2",
-                     "fastrnn.get_cpu_capability()"),
-        _caps._entry("torch oneDNN", "Intel AVX-512", 3, "avx2", "ONEDNN_MAX_CPU_ISA=AVX2",
-                     "ONEDNN_VERBOSE=1 in a probe process"),
-        _caps._entry("onnxruntime MLAS", "kernels for this CPU: no setting caps them", None,
-                     "avx2", None, "-", cappable=False),
+        entry("fastrnn", "avx2", 2, "avx2", "FASTRNN_CPU_CAPABILITY=avx2",
+              "fastrnn.get_cpu_capability()"),
+        entry("torch oneDNN", "Intel AVX-512", 3, "avx2", "ONEDNN_MAX_CPU_ISA=AVX2",
+              "ONEDNN_VERBOSE=1 in a probe process"),
+        entry("onnxruntime MLAS", "kernels for this CPU: no setting caps them", None,
+              "avx2", None, "-", cappable=False),
     ]
     env = _env(openblas_coretype="Haswell",
                cpu_capability={"asked": "avx2", "removed": {}, "libraries": libraries},
@@ -438,8 +439,8 @@ def test_header_names_the_caps_and_the_fma_peak():
 
     env = _env(cpu_capability={"asked": None, "removed": {"OPENBLAS_CORETYPE": "Haswell",
                                                           "OPENBLAS_L2_SIZE": "1"},
-                               "libraries": [_caps._entry("fastrnn", "avx512", 3, None, None,
-                                                          "fastrnn.get_cpu_capability()")]})
+                               "libraries": [entry("fastrnn", "avx512", 3, None, None,
+                                                   "fastrnn.get_cpu_capability()")]})
     text = bench.format_header(env, bench.TimingSettings(), 1e-6)
     assert ("OPENBLAS_CORETYPE: unset (the environment's Haswell was removed for this run: "
             "OpenBLAS picks its kernels for this CPU)") in text
@@ -509,7 +510,7 @@ def test_forced_openblas_kernels_are_removed_in_a_child(monkeypatch):
 
 
 def _onnxruntime():
-    if not _peers.peer_available("onnxruntime"):
+    if not peers.peer_available("onnxruntime"):
         pytest.skip("onnx and onnxruntime are not installed")
     import onnxruntime
 
@@ -552,7 +553,7 @@ def test_onnx_gru_is_reset_after_the_matmul():
     problem = make_problem(point, seed=5)
     ours = make_runner("fastrnn", problem, "inference")
     want = ours.collect(ours.run())
-    model = _peers.onnx_model(point, problem.params)
+    model = peers.onnx_model(point, problem.params)
     node = next(n for n in model.graph.node if n.op_type == "GRU")
     kept = [a for a in node.attribute if a.name != "linear_before_reset"]
     del node.attribute[:]
@@ -567,10 +568,10 @@ def test_onnx_gru_is_reset_after_the_matmul():
 def test_onnxruntime_is_inference_only_and_float32():
     _onnxruntime()
     problem = make_problem(Point("lstm", 3, 2, 2, 3))
-    with pytest.raises(_peers.Unsupported, match="inference only"):
+    with pytest.raises(peers.Unsupported, match="inference only"):
         make_runner("onnxruntime", problem, "training")
     problem = make_problem(Point("lstm", 3, 2, 2, 3, dtype="float64"))
-    with pytest.raises(_peers.Unsupported, match="float32"):
+    with pytest.raises(peers.Unsupported, match="float32"):
         make_runner("onnxruntime", problem, "inference")
 
 
@@ -599,7 +600,7 @@ PEER_POINTS = [Point("rnn", 6, 3, 4, 5, layers=2, bidirectional=True, ragged=Tru
 
 @pytest.mark.parametrize("peer", ["reference", "torch", "jax"])
 def test_peers_agree_with_fastrnn(peer):
-    if not _peers.peer_available(peer):
+    if not peers.peer_available(peer):
         pytest.skip(f"{peer} is not installed")
     for point in PEER_POINTS:
         problem = make_problem(point, seed=3)

@@ -1,6 +1,6 @@
 """The benchmark's problems and the implementations it compares: fastrnn itself, its NumPy
 reference, PyTorch, JAX and onnxruntime (inference only). Shared by ``python -m fastrnn
-bench`` (:mod:`fastrnn.bench`) and the pytest-benchmark suite in ``benchmarks/``.
+bench`` (:mod:`fastrnn.tools.bench`) and the pytest-benchmark suite in ``benchmarks/``.
 
 A :class:`Point` names one benchmark point (cell, sizes, options, dtype); :func:`make_problem`
 builds its inputs once (a fastrnn layer whose weights every implementation loads, ``x``, the
@@ -19,7 +19,6 @@ reads its thread flags when it is imported).
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -186,9 +185,9 @@ class Problem:
 
 
 def _fastrnn_layer(point: Point, backend: str, seed: Any = None):
-    from . import layers
+    import fastrnn
 
-    cls = getattr(layers, CELLS[point.cell][0])
+    cls = getattr(fastrnn, CELLS[point.cell][0])
     return cls(point.I, point.H, num_layers=point.layers, bidirectional=point.bidirectional,
                dtype=np.dtype(point.dtype), backend=backend, seed=seed)
 
@@ -251,7 +250,7 @@ def _states_result(states: Any) -> Result:
     return {"h_n": np.asarray(states)}
 
 
-def _layer_runner(name: str, layer: Any, problem: Problem, pass_: str) -> Runner:
+def _fastrnn_layer_runner(name: str, layer: Any, problem: Problem, pass_: str) -> Runner:
     x, R, lengths = problem.x, problem.R, problem.lengths
     if pass_ == "inference":
         def run() -> Any:
@@ -273,13 +272,13 @@ def _layer_runner(name: str, layer: Any, problem: Problem, pass_: str) -> Runner
 
 
 def _fastrnn_runner(problem: Problem, pass_: str) -> Runner:
-    return _layer_runner("fastrnn", problem.layer, problem, pass_)
+    return _fastrnn_layer_runner("fastrnn", problem.layer, problem, pass_)
 
 
 def _reference_runner(problem: Problem, pass_: str) -> Runner:
     layer = _fastrnn_layer(problem.point, "reference")
     layer.load_state_dict(problem.params)
-    return _layer_runner("reference", layer, problem, pass_)
+    return _fastrnn_layer_runner("reference", layer, problem, pass_)
 
 
 # ---- PyTorch
@@ -341,8 +340,8 @@ def _torch_runner(problem: Problem, pass_: str) -> Runner:
 # ---- JAX
 
 
-def _jax_direction(jax: Any, mode: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any,
-                   mask: Any) -> tuple:
+def _jax_layer_direction(jax: Any, mode: str, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any,
+                         mask: Any) -> tuple:
     """One layer, one direction: the input projection of all steps as one matmul, hoisted
     out of ``lax.scan``; per step only ``h @ W_hh^T`` and the gates. ``mask`` ``(T, B, 1)``
     (or None) freezes the state and zeroes the output past each sequence's length."""
@@ -405,7 +404,7 @@ def _jax_forward(jax: Any, point: Point, params: Mapping[str, Any], x: Any,
         outs = []
         for d in range(point.directions):
             sfx = f"_l{k}" + ("_reverse" if d else "")
-            out, final = _jax_direction(
+            out, final = _jax_layer_direction(
                 jax, mode, flip(inp) if d else inp, params["weight_ih" + sfx],
                 params["weight_hh" + sfx], params["bias_ih" + sfx], params["bias_hh" + sfx],
                 mask)
@@ -469,13 +468,13 @@ def _jax_runner(problem: Problem, pass_: str) -> Runner:
 
 #: ONNX's gate blocks, as indices of PyTorch's: LSTM i,o,f,c from i,f,g,o; GRU z,r,h from
 #: r,z,n; the RNN's one block.
-_ONNX_GATES = {"rnn": (0,), "lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
+_ONNX_GATE_ORDER = {"rnn": (0,), "lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
 
 
-def _onnx_blocks(a: np.ndarray, cell: str) -> np.ndarray:
+def _in_onnx_gate_order(a: np.ndarray, cell: str) -> np.ndarray:
     """``a`` (``G*H`` rows first) with its gate blocks in ONNX's order."""
-    blocks = np.split(a, len(_ONNX_GATES[cell]), axis=0)
-    return np.concatenate([blocks[g] for g in _ONNX_GATES[cell]], axis=0)
+    blocks = np.split(a, len(_ONNX_GATE_ORDER[cell]), axis=0)
+    return np.concatenate([blocks[g] for g in _ONNX_GATE_ORDER[cell]], axis=0)
 
 
 def onnx_model(point: Point, params: Mapping[str, np.ndarray],
@@ -507,7 +506,7 @@ def onnx_model(point: Point, params: Mapping[str, np.ndarray],
         sfx = [f"_l{k}" + ("_reverse" if d else "") for d in range(D)]
 
         def stacked(name: str, sfx: list = sfx) -> np.ndarray:
-            return np.stack([_onnx_blocks(params[name + s], point.cell) for s in sfx])
+            return np.stack([_in_onnx_gate_order(params[name + s], point.cell) for s in sfx])
 
         W = const(f"W_l{k}", stacked("weight_ih"))
         R = const(f"R_l{k}", stacked("weight_hh"))
@@ -543,7 +542,7 @@ def onnx_model(point: Point, params: Mapping[str, np.ndarray],
 
 
 #: intra-op threads of the onnxruntime sessions (set by :func:`set_threads`; None: all CPUs)
-_ORT_THREADS: int | None = None
+_ONNXRUNTIME_THREADS: int | None = None
 
 
 def _onnxruntime_runner(problem: Problem, pass_: str) -> Runner:
@@ -556,7 +555,7 @@ def _onnxruntime_runner(problem: Problem, pass_: str) -> Runner:
 
     model = onnx_model(p, problem.params, problem.lengths)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = _ORT_THREADS or len(available_cpus())
+    options.intra_op_num_threads = _ONNXRUNTIME_THREADS or len(available_cpus())
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(model.SerializeToString(), options,
@@ -678,10 +677,8 @@ def set_threads(n: int, peers: Sequence[str] = ("torch", "jax", "onnxruntime")
     else:
         done["affinity"] = f"all {len(cpus)} CPUs available (not pinned)"
     use_torch = "torch" in peers and peer_available("torch")
-    try:  # load the libraries first: threadpoolctl limits only the loaded ones
-        importlib.import_module(f"{__package__}._compiled")  # scipy's BLAS, OpenMP
-    except ImportError:
-        pass
+    # Load the libraries first: threadpoolctl limits only the loaded ones. fastrnn (imported
+    # before this package) has loaded its kernels and, through them, scipy's BLAS.
     if use_torch:
         import torch
     try:
@@ -701,8 +698,8 @@ def set_threads(n: int, peers: Sequence[str] = ("torch", "jax", "onnxruntime")
         torch.set_num_threads(n)
         done["torch"] = f"torch.set_num_threads({n}) -> {torch.get_num_threads()}"
     if "onnxruntime" in peers and peer_available("onnxruntime"):
-        global _ORT_THREADS
-        _ORT_THREADS = n
+        global _ONNXRUNTIME_THREADS
+        _ONNXRUNTIME_THREADS = n
         done["onnxruntime"] = f"intra_op_num_threads={n}, inter_op_num_threads=1"
     if "jax" in peers and peer_available("jax"):
         flags = f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} " \

@@ -4,7 +4,7 @@ BLAS and FMA ceilings.
 For every point (cell, shape ``T x B x H``, pass) it
 
 1. builds one problem (weights, ``x``, the loss projection ``R``, lengths) that every
-   implementation uses (:mod:`fastrnn._peers`);
+   implementation uses (:mod:`fastrnn.tools.peers`);
 2. runs fastrnn and each peer once and checks the peer's outputs (and, for the training step,
    ``dx`` and every weight gradient) against fastrnn's: a peer that disagrees is reported, not
    timed (this call is also the warm-up; JAX compiles here);
@@ -20,7 +20,7 @@ the ratio ``peer time / fastrnn time``.
 
 ``--cpu-capability`` caps every library to an instruction set: the bench then re-runs
 itself in a child process whose environment sets each library's cap before it loads
-(:mod:`fastrnn._caps`), and its header says what each library runs.
+(:mod:`fastrnn.tools.caps`), and its header says what each library runs.
 
 Run ``python -m fastrnn bench --help`` for the options.
 """
@@ -41,19 +41,26 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import _caps, _peers
-from ._peers import (
+from fastrnn import __version__
+
+from . import caps
+from .peers import (
     CELLS,
     PASSES,
     PEERS,
+    TOLERANCE,
     Point,
+    Problem,
+    Unsupported,
+    available_cpus,
     compare,
     flops,
     make_problem,
     make_runner,
+    peer_available,
+    set_threads,
 )
-from ._progress import Progress
-from ._version import __version__
+from .progress import Progress
 
 __all__ = [
     "GRID",
@@ -135,8 +142,8 @@ class Timing:
 def _time_block(fn: Callable[[], Any], n: int, clock: Callable[[], float]) -> float:
     """Mean seconds per call of ``n`` calls back to back, after one untimed call, so that the
     block does not pay for the previous implementation's threads winding down or for cold
-    caches. A single call right after torch's took 15-25% longer than the next (LSTM
-    100x64x256 inference: 44-48 ms, then 38), so slow calls get the untimed one too."""
+    caches. Even a call long enough to make a block alone runs slower right after another
+    implementation's, so it gets the untimed call too."""
     fn()
     t0 = clock()
     for _ in range(n):
@@ -277,7 +284,7 @@ def fma_peak(threads: int, seconds: float = 0.2) -> dict | None:
     (``fastrnn._kernels.fma_peak``), on one thread and on ``threads``: the arithmetic
     ceiling the points are measured against. None where this fastrnn lacks the probe."""
     try:
-        from ._kernels import fma_peak as peak
+        from fastrnn._kernels import fma_peak as peak
     except ImportError:
         return None
     one = float(peak(seconds, 1))
@@ -288,11 +295,12 @@ def fma_peak(threads: int, seconds: float = 0.2) -> dict | None:
 # ----------------------------------------------------------------------------- one point
 
 
+#: The pause after a point's GEMM rounds, for BLAS's idle workers to go to sleep.
 BLAS_SETTLE_SECONDS = 0.3
 
 
 def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: TimingSettings,
-                overhead: float, problem: _peers.Problem | None = None,
+                overhead: float, problem: Problem | None = None,
                 fma_gflops: float | None = None) -> dict:
     """Check and time fastrnn, ``peers`` and the GEMM probe at one point; return its record.
 
@@ -317,7 +325,7 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
         try:
             runner = make_runner(name, problem, pass_)
             result = compare(expected, runner.collect(runner.run()), point.dtype)
-        except _peers.Unsupported as exc:
+        except Unsupported as exc:
             record["peers"][name] = {"status": "unsupported", "message": str(exc)}
             continue
         except Exception as exc:  # noqa: BLE001 - a broken peer is reported, not fatal
@@ -336,21 +344,21 @@ def bench_point(point: Point, pass_: str, peers: Sequence[str], settings: Timing
     timings = measure(calls, settings)
     record["other_cpus"] = load.stop()
     # The GEMMs are timed after, not among, the implementations: OpenBLAS's idle workers
-    # keep spinning for about 0.1 s after each threaded call, and on a small machine they
+    # keep spinning for a while after each threaded call, and on a small machine they
     # would take cores from whatever is timed next. The pause lets them go to sleep
     # before the next point.
     timings.update(measure(probe.calls(), settings))
     time.sleep(BLAS_SETTLE_SECONDS)
-    ours_t = timings["fastrnn"]
-    gflops = record["flops"] / ours_t.best / 1e9
-    record["fastrnn"] = {"status": "ok", **ours_t.asdict(), "gflops": gflops}
+    fastrnn_timing = timings["fastrnn"]
+    gflops = record["flops"] / fastrnn_timing.best / 1e9
+    record["fastrnn"] = {"status": "ok", **fastrnn_timing.asdict(), "gflops": gflops}
     record["gemm"] = probe.rate(timings, overhead)
     record["gemm"]["share"] = gflops / record["gemm"]["gflops"]
     record["fma"] = None if not fma_gflops else {"gflops": fma_gflops,
                                                  "share": gflops / fma_gflops}
     for name, status in record["peers"].items():
         if status["status"] == "ok":
-            status.update(timings[name].asdict(), ratio=timings[name].best / ours_t.best)
+            status.update(timings[name].asdict(), ratio=timings[name].best / fastrnn_timing.best)
     return record
 
 
@@ -390,7 +398,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_simd() -> list[str]:
+def _cpu_simd_flags() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -441,7 +449,7 @@ def _blas_libraries() -> list[dict]:
     return libs
 
 
-def _version(module: str) -> str | None:
+def _module_version(module: str) -> str | None:
     try:
         return getattr(__import__(module), "__version__", "?")
     except ImportError:
@@ -454,7 +462,7 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
 
     ``cpu_capability``: the cap asked (in a child of ``--cpu-capability``), the variables
     the bench removed from the environment, and per library what it runs
-    (:func:`fastrnn._caps.report`; ``probe``: ask oneDNN, MKL and XLA in probe processes);
+    (:func:`fastrnn.caps.report`; ``probe``: ask oneDNN, MKL and XLA in probe processes);
     ``fma_peak``: ``fma`` (see :func:`fma_peak`)."""
     import scipy
     import scipy.linalg
@@ -472,21 +480,21 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
         import jax
 
         versions["jax"] = jax.__version__
-        versions["jaxlib"] = _version("jaxlib") or "?"
+        versions["jaxlib"] = _module_version("jaxlib") or "?"
         extra["jax"] = f"backend {jax.default_backend()}"
     if "onnxruntime" in peers:
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
-        versions["onnx"] = _version("onnx") or "?"
+        versions["onnx"] = _module_version("onnx") or "?"
         extra["onnxruntime"] = ("one ONNX RNN/LSTM/GRU node per layer, CPU execution "
                                 "provider (MLAS), inference only")
-    parent = _caps.parent_info() or {}
+    parent = caps.parent_info() or {}
     cap = parent.get("cap")
     capability = {"asked": cap, "removed": parent.get("removed", {}),
-                  "libraries": _caps.report(peers, cap, probe=probe)}
+                  "libraries": caps.report(peers, cap, probe=probe)}
     return {
-        "cpu": _cpu_model(), "simd": _cpu_simd(), "cpus": os.cpu_count(),
+        "cpu": _cpu_model(), "simd": _cpu_simd_flags(), "cpus": os.cpu_count(),
         "blas": _blas_libraries(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "threads": threads, "thread_control": dict(thread_control), "versions": versions,
         "peer_info": extra, "python": platform.python_version(),
@@ -530,7 +538,7 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     else:
         text = "unset (OpenBLAS picks its kernels for this CPU)"
     lines.append("OPENBLAS_CORETYPE: " + text)
-    lines += _caps.format_report(capability["libraries"], cap, removed)
+    lines += caps.format_report(capability["libraries"], cap, removed)
     fma = env.get("fma_peak")
     ours = next((e["runs"] for e in capability["libraries"] if e["library"] == "fastrnn"), "?")
     if fma:
@@ -554,7 +562,7 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
          f"probe in rounds of its own after the implementations"),
         (f"check: every peer's result (out, final states; training: dx and every weight "
          f"gradient) against fastrnn's before timing, max |difference| <= "
-         f"{_peers.TOLERANCE[dtype]:g} x max |fastrnn| per array ({dtype})"),
+         f"{TOLERANCE[dtype]:g} x max |fastrnn| per array ({dtype})"),
         ("GF/s: forward 2*N*G*H*(I+H) per layer and direction (N = T*B, or the sum of the "
          "lengths), a training step (forward + backward, all weight gradients) 3x that"),
         ("gemm: scipy ?gemm (fastrnn's BLAS) of the forward's GEMMs at the point, one "
@@ -568,8 +576,8 @@ def format_header(env: Mapping[str, Any], settings: TimingSettings, overhead: fl
     return "\n".join(lines)
 
 
-def _peer_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
-               name: str) -> str:
+def _peer_ratio_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
+                     name: str) -> str:
     if status is None:
         return "-"
     if status["status"] == "ok":
@@ -581,7 +589,7 @@ def _peer_cell(status: Mapping[str, Any] | None, notes: list[str], label: str,
     return f"{status['status'].upper()}[{len(notes)}]"
 
 
-def _gmean(values: Sequence[float]) -> float:
+def _geometric_mean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
@@ -614,7 +622,7 @@ def format_table(records: Sequence[Mapping[str, Any]], peers: Sequence[str]) -> 
             row += [f"FAILED[{len(notes)}]", "-", "-", "-", "-", "-"]
         for name in peers:
             status = r["peers"].get(name)
-            row.append(_peer_cell(status, notes, label, name))
+            row.append(_peer_ratio_cell(status, notes, label, name))
             if status is not None and status["status"] == "ok":
                 ratios[name].append(status["ratio"])
         if best_col:
@@ -636,7 +644,7 @@ def format_table(records: Sequence[Mapping[str, Any]], peers: Sequence[str]) -> 
     out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     for name, values in ratios.items():
         if values:
-            out.append(f"{name}: geometric mean ratio {_gmean(values):.2f}x, min "
+            out.append(f"{name}: geometric mean ratio {_geometric_mean(values):.2f}x, min "
                        f"{min(values):.2f}x over {len(values)} points; below 1.0x: "
                        f"{sum(v < 1.0 for v in values)}")
     return "\n".join(out + notes)
@@ -716,7 +724,7 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastrnn bench",
         description="Time fastrnn's RNN/LSTM/GRU against PyTorch, JAX and onnxruntime "
@@ -735,7 +743,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", default=None,
                    help="comma list of torch, jax, onnxruntime (inference only), reference, "
                         "or 'none' (default: the installed ones of torch, jax, onnxruntime)")
-    p.add_argument("--cpu-capability", choices=_caps.CAPABILITIES, default=None,
+    p.add_argument("--cpu-capability", choices=caps.CAPABILITIES, default=None,
                    help="cap every implementation to this instruction set (what a user of "
                         "a CPU with only that gets): the bench re-runs itself in a child "
                         "process with each library's cap set before it loads; the header "
@@ -757,11 +765,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve_peers(text: str | None) -> list[str]:
     if text is None:
-        return [name for name in DEFAULT_PEERS if _peers.peer_available(name)]
+        return [name for name in DEFAULT_PEERS if peer_available(name)]
     if text.strip().lower() == "none":
         return []
     names = _parse_list(text, list(PEERS), "peers")
-    missing = [name for name in names if not _peers.peer_available(name)]
+    missing = [name for name in names if not peer_available(name)]
     if missing:
         raise ValueError("requested peers not installed: " + "; ".join(
             f"{name} ({PEERS[name]})" for name in missing))
@@ -787,7 +795,7 @@ class _Plan:
     settings: TimingSettings
 
 
-def _plan(args: argparse.Namespace) -> _Plan:
+def _plan_of(args: argparse.Namespace) -> _Plan:
     """The plan of a parsed command line; ValueError names what is wrong."""
     cells = _parse_list(args.cells, list(CELLS), "cells")
     passes = _parse_list(args.passes, list(PASSES), "passes")
@@ -796,7 +804,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else GRID)
     if args.layers < 1:
         raise ValueError(f"--layers must be >= 1, got {args.layers}")
-    threads = len(_peers.available_cpus()) if args.threads is None else args.threads
+    threads = len(available_cpus()) if args.threads is None else args.threads
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     settings = TimingSettings.quick() if args.quick else TimingSettings()
@@ -815,14 +823,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     """The ``bench`` command. Returns the exit code: 0, or 1 when fastrnn failed or (with
     ``--check``) a peer disagreed or failed, or 2 for bad options."""
     out = sys.stdout if out is None else out
-    parser = _parser()
+    parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return int(exc.code or 0)
     try:
-        plan = _plan(args)
+        plan = _plan_of(args)
     except ValueError as exc:
         parser.print_usage(sys.stderr)
         print(f"python -m fastrnn bench: error: {exc}", file=sys.stderr)
@@ -831,14 +839,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         print("python -m fastrnn bench: error: --plot needs matplotlib "
               "(pip install matplotlib, or pip install 'fastrnn[plot]')", file=sys.stderr)
         return 2
-    if _caps.needs_child(args.cpu_capability, os.environ):
+    if caps.needs_child(args.cpu_capability, os.environ):
         # The libraries read their caps (and OpenBLAS its OPENBLAS_CORETYPE) when they load,
         # which in this process has happened: the run goes on in a fresh one.
-        child_env = _caps.child_environment(args.cpu_capability, os.environ, argv)
-        return _caps.run_child(_caps.child_argv(argv), child_env, out, progress_file)
-    parent = _caps.parent_info() or {}
+        child_env = caps.child_environment(args.cpu_capability, os.environ, argv)
+        return caps.run_child(caps.child_argv(argv), child_env, out, progress_file)
+    parent = caps.parent_info() or {}
 
-    thread_control = _peers.set_threads(plan.threads, plan.peers)
+    thread_control = set_threads(plan.threads, plan.peers)
     fma = fma_peak(plan.threads, 0.1 if args.quick else 0.3)
     env = environment(plan.peers, plan.threads, thread_control, fma)
     overhead = gemm_call_overhead(np.dtype(args.dtype))

@@ -47,6 +47,8 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
+import fastrnn
+
 __all__ = [
     "CAPABILITIES",
     "CAP_ENV",
@@ -171,7 +173,7 @@ def parent_info(environ: Mapping[str, str] | None = None) -> dict[str, Any] | No
     return info if isinstance(info, dict) else None
 
 
-def _pump(src: Any, dst: TextIO) -> None:
+def _copy_pipe(src: Any, dst: TextIO) -> None:
     """Copy the bytes of the pipe ``src`` to the text stream ``dst`` as they come (a
     progress bar's updates end in no newline), decoded as the child encodes them."""
     decoder = codecs.getincrementaldecoder(locale.getpreferredencoding(False))("replace")
@@ -191,10 +193,10 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], out: TextIO,
                             stderr=None if err is None else subprocess.PIPE)
     pump = None
     if err is not None:
-        pump = threading.Thread(target=_pump, args=(proc.stderr, err), daemon=True)
+        pump = threading.Thread(target=_copy_pipe, args=(proc.stderr, err), daemon=True)
         pump.start()
     try:
-        _pump(proc.stdout, out)
+        _copy_pipe(proc.stdout, out)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): so does the child
         proc.kill()
     finally:
@@ -205,21 +207,6 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], out: TextIO,
 
 
 # ----------------------------------------------------------------------------- what runs
-
-
-def _fastrnn_capability() -> tuple[str | None, str]:
-    """The kernels fastrnn runs, and the call that told."""
-    import fastrnn
-
-    get = getattr(fastrnn, "get_cpu_capability", None)
-    if get is not None:
-        return str(get()), "fastrnn.get_cpu_capability()"
-    try:
-        from . import _kernels
-    except ImportError:
-        return None, "-"
-    get = getattr(_kernels, "get_cpu_capability", None)
-    return (None, "-") if get is None else (str(get()), "fastrnn._kernels.get_cpu_capability()")
 
 
 def _openblas_kernels() -> list[tuple[str, str]]:
@@ -236,7 +223,7 @@ def _level_of_openblas(name: str) -> int | None:
     return _OPENBLAS_LEVELS.get(name.lower())
 
 
-def _level_of_text(text: str) -> int | None:
+def _level_of_isa_name(text: str) -> int | None:
     """The level of an ISA name as oneDNN, MKL, ATen or XLA print it."""
     t = text.upper().replace("-", "").replace("_", "")
     if any(k in t for k in ("AMX", "AVX10", "VNNI", "BF16", "FP16", "INT8")):
@@ -270,7 +257,7 @@ print("matmul library:", "YNNPACK" if "__ynn_fusion" in text else
 """
 
 
-def _probe(code: str, extra_env: Mapping[str, str], timeout: float = 120.0) -> str:
+def _run_probe(code: str, extra_env: Mapping[str, str], timeout: float = 120.0) -> str:
     """stdout + stderr of ``python -c code`` in this process's environment plus ``extra_env``
     (empty if it could not run)."""
     env = {**os.environ, **extra_env}
@@ -285,7 +272,7 @@ def _probe(code: str, extra_env: Mapping[str, str], timeout: float = 120.0) -> s
 
 def _torch_probe() -> dict[str, str | None]:
     """The ISA oneDNN and MKL inside torch report in their verbose logs."""
-    text = _probe(_TORCH_PROBE, {"ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"})
+    text = _run_probe(_TORCH_PROBE, {"ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"})
     onednn = re.search(r"onednn_verbose,(?:v\d+,)?info,cpu,isa:([^\n]+)", text)
     mkl = re.search(r"MKL_VERBOSE oneMKL[^\n]*?architecture ([^\n]*?)"
                     r"(?: enabled processors|, Lnx|\n)", text)
@@ -298,8 +285,8 @@ def _torch_probe() -> dict[str, str | None]:
 
 def _jax_probe() -> dict[str, str | None]:
     """The ISA limit XLA's compiler logs, and the library its matrix products go to."""
-    text = _probe(_JAX_PROBE, {"TF_CPP_MIN_LOG_LEVEL": "0",
-                               "TF_CPP_VMODULE": "cpu_compiler=1,cpu_features=1"})
+    text = _run_probe(_JAX_PROBE, {"TF_CPP_MIN_LOG_LEVEL": "0",
+                                   "TF_CPP_VMODULE": "cpu_compiler=1,cpu_features=1"})
     newer = re.search(r"Will not use features newer than: (\S+)", text)
     unknown = re.search(r"Unknown CPU ISA: (\S+)", text)
     lib = re.search(r"matmul library: (\S+)", text)
@@ -308,8 +295,8 @@ def _jax_probe() -> dict[str, str | None]:
             "matmul": lib.group(1) if lib else None}
 
 
-def _entry(library: str, runs: str | None, level: int | None, cap: str | None,
-           setting: str | None, how: str, cappable: bool = True) -> dict[str, Any]:
+def _report_entry(library: str, runs: str | None, level: int | None, cap: str | None,
+                  setting: str | None, how: str, cappable: bool = True) -> dict[str, Any]:
     """One line of the report. ``honoured``: with a cap, whether the library runs within it
     (None: no cap, or nothing to judge by); ``cappable``: whether any setting caps it."""
     honoured = None
@@ -334,9 +321,9 @@ def report(peers: Sequence[str], cap: str | None = None,
         return None if value is None else f"{var}={value}"
 
     out = []
-    ours, how = _fastrnn_capability()
-    out.append(_entry("fastrnn", ours or "? (this fastrnn has no get_cpu_capability)",
-                      LEVELS.get(ours or ""), cap, setting("FASTRNN_CPU_CAPABILITY"), how))
+    ours = fastrnn.get_cpu_capability()
+    out.append(_report_entry("fastrnn", ours, LEVELS.get(ours), cap,
+                             setting("FASTRNN_CPU_CAPABILITY"), "fastrnn.get_cpu_capability()"))
     blas = _openblas_kernels()
     if blas:
         levels = [_level_of_openblas(k) for _, k in blas]
@@ -345,23 +332,24 @@ def report(peers: Sequence[str], cap: str | None = None,
         how = "threadpoolctl"
         if any(k.lower() == "katmai" for _, k in blas):
             how += "; Katmai is OpenBLAS's name for its x86-64 Prescott (SSE3) kernels"
-        out.append(_entry("OpenBLAS", runs, level, cap, setting("OPENBLAS_CORETYPE"), how))
+        out.append(_report_entry("OpenBLAS", runs, level, cap, setting("OPENBLAS_CORETYPE"),
+                                 how))
     if "torch" in peers:
         import torch
 
         aten = torch.backends.cpu.get_cpu_capability()
-        out.append(_entry("torch ATen", aten, _level_of_text(aten), cap,
-                          setting("ATEN_CPU_CAPABILITY"),
-                          "torch.backends.cpu.get_cpu_capability()"))
+        out.append(_report_entry("torch ATen", aten, _level_of_isa_name(aten), cap,
+                                 setting("ATEN_CPU_CAPABILITY"),
+                                 "torch.backends.cpu.get_cpu_capability()"))
         found = _torch_probe() if probe else {"onednn": None, "mkl": None}
         for key, name, var, log in (("onednn", "torch oneDNN", "ONEDNN_MAX_CPU_ISA",
                                      "ONEDNN_VERBOSE"),
                                     ("mkl", "torch MKL", "MKL_ENABLE_INSTRUCTIONS",
                                      "MKL_VERBOSE")):
             runs = found[key]
-            out.append(_entry(name, runs or "?", None if runs is None else _level_of_text(runs),
-                              cap, setting(var), f"{log}=1 in a probe process" if probe
-                              else "not probed"))
+            level = None if runs is None else _level_of_isa_name(runs)
+            out.append(_report_entry(name, runs or "?", level, cap, setting(var),
+                                     f"{log}=1 in a probe process" if probe else "not probed"))
     if "jax" in peers:
         flag = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
         found = _jax_probe() if probe and flag else {}
@@ -371,20 +359,20 @@ def report(peers: Sequence[str], cap: str | None = None,
             runs, level = f"XLA rejected {found['unknown']!r}", LEVELS["beyond"]
         elif found.get("max_isa"):
             runs = f"generated code up to {found['max_isa']}"
-            level = _level_of_text(found["max_isa"])
+            level = _level_of_isa_name(found["max_isa"])
         else:
             runs, level = "? (no cap seen in XLA's log)", None
-        out.append(_entry("jax XLA", runs, level, cap,
-                          None if flag is None else f"--xla_cpu_max_isa={flag.group(1)}",
-                          "XLA's compiler log in a probe process" if found
-                          else "-" if flag is None else "XLA_FLAGS, not probed"))
+        out.append(_report_entry("jax XLA", runs, level, cap,
+                                 None if flag is None else f"--xla_cpu_max_isa={flag.group(1)}",
+                                 "XLA's compiler log in a probe process" if found
+                                 else "-" if flag is None else "XLA_FLAGS, not probed"))
         if found.get("matmul") in ("YNNPACK", "XNNPACK"):
-            out.append(_entry(f"jax matmuls ({found['matmul']})",
-                              "kernels for this CPU: no setting caps them", None, cap, None,
-                              "the compiled HLO in the probe", cappable=False))
+            out.append(_report_entry(f"jax matmuls ({found['matmul']})",
+                                     "kernels for this CPU: no setting caps them", None, cap, None,
+                                     "the compiled HLO in the probe", cappable=False))
     if "onnxruntime" in peers:
-        out.append(_entry("onnxruntime MLAS", "kernels for this CPU: no setting caps them",
-                          None, cap, None, "-", cappable=False))
+        out.append(_report_entry("onnxruntime MLAS", "kernels for this CPU: no setting caps them",
+                                 None, cap, None, "-", cappable=False))
     return out
 
 

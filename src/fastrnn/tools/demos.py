@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
 
-from ._progress import Progress, format_time
-from .diagnostics import hidden_grad_norms, plot_curves, plot_grad_norms
-from .models import ManyToMany, ManyToOne, OneToMany
-from .optim import SGD, Adam, clip_grad_norm
+from fastrnn.diagnostics import hidden_grad_norms, plot_curves, plot_grad_norms
+from fastrnn.models import ManyToMany, ManyToOne, OneToMany
+from fastrnn.optim import SGD, Adam, clip_grad_norm
+
+from .progress import Progress, format_time
 
 __all__ = [
     "main", "run_adding", "run_text", "run_forecast", "run_gradients",
@@ -42,7 +43,7 @@ class DemoError(Exception):
 # ============================================================================ shared helpers
 
 
-def _out(out: Optional[TextIO]) -> TextIO:
+def _stdout_unless_given(out: Optional[TextIO]) -> TextIO:
     return sys.stdout if out is None else out
 
 
@@ -68,10 +69,8 @@ def blas_threads(n: Optional[int]) -> Iterator[None]:
     """Limit the BLAS thread pools to ``n`` threads (None: leave them alone).
 
     The per-step products of these small models gain nothing from BLAS threads, and on a
-    shared machine a thread waiting for a busy core costs time (measured on 2 cores with
-    another process running: LSTM, hidden 64, T=100, batch 64, forward and backward in
-    12.7 ms with one BLAS thread and 15.2 ms with two). Uses threadpoolctl when it is
-    installed, else does nothing (``OPENBLAS_NUM_THREADS=1`` in the environment does the
+    shared machine a thread waiting for a busy core costs time. Uses threadpoolctl when it
+    is installed, else does nothing (``OPENBLAS_NUM_THREADS=1`` in the environment does the
     same)."""
     try:
         from threadpoolctl import threadpool_limits
@@ -95,7 +94,7 @@ def _maybe_plot(plot: Optional[str], draw: Callable[[str], str], out: TextIO) ->
     return path
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, columns right-aligned (the first left-aligned)."""
     cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -172,7 +171,7 @@ def run_adding(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     Returns ``{"baseline": {T: MSE of answering 1.0 on the test set}, "mse": {T: {cell:
     test MSE}}, "steps": {T: {cell: steps}}, "seconds": {T: {cell: s}}, "curves":
     {"cell T=..": [(step, val MSE)]}}``."""
-    out = _out(out)
+    out = _stdout_unless_given(out)
     lengths = tuple(lengths or ((10,) if quick else (20, 50, 100, 200)))
     hidden = hidden or (16 if quick else 32)
     max_steps = steps or (300 if quick else 4000)
@@ -205,8 +204,8 @@ def run_adding(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
                          f"{100 * ratio:.1f}%", format_time(secs), verdict))
     print("\nMSE on 2000 new test sequences per T; 'answer 1.0' is the baseline's on the "
           "same sequences:", file=out)
-    print(_table(("cell", "T", "steps", "test MSE", "answer 1.0", "ratio", "time",
-                  "verdict"), rows), file=out)
+    print(_text_table(("cell", "T", "steps", "test MSE", "answer 1.0", "ratio", "time",
+                       "verdict"), rows), file=out)
 
     # one colour per cell, one line style per T
     styles = {f"{cell} T={T}": {"color": f"C{i}", "linestyle": ("-", "--", ":", "-.")[j % 4]}
@@ -222,14 +221,44 @@ def run_adding(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
 # ============================================================================ text
 
 
-def _chunks(ids: np.ndarray, length: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+def _random_windows(ids: np.ndarray, length: int, batch: int,
+                    rng: np.random.Generator) -> np.ndarray:
     """``(length, batch)`` windows of ``ids`` starting at random positions."""
     starts = rng.integers(0, len(ids) - length + 1, batch)
     return ids[starts[None, :] + np.arange(length)[:, None]]
 
 
-def _bits(nats: float) -> float:
+def _nats_to_bits(nats: float) -> float:
     return nats / np.log(2.0)
+
+
+def _read_text(file: Optional[str]) -> tuple[str, str]:
+    """The text of ``file`` (default: the embedded one), and how to name where it came from."""
+    if file is None:
+        return DEFAULT_TEXT, "the embedded default text"
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.read(), file
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DemoError(f"cannot read {file!r} as UTF-8 text: {exc}") from exc
+
+
+def _held_out_rows(val_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out text as inputs and next-character targets ``(steps, rows)``: up to 40
+    parallel rows of at most 500 steps each."""
+    n = min(len(val_ids) - 1, 20000)
+    rows = max(1, n // 500)
+    val_len = n // rows
+    val_x = val_ids[: rows * val_len].reshape(rows, val_len).T
+    val_y = val_ids[1: rows * val_len + 1].reshape(rows, val_len).T
+    return val_x, val_y
+
+
+def _frequency_bits(train_ids: np.ndarray, val_y: np.ndarray, vocab_size: int) -> float:
+    """Bits per character on ``val_y`` when every character is predicted from its frequency
+    in the training text alone (add-one smoothed)."""
+    freq = (np.bincount(train_ids, minlength=vocab_size) + 1) / (len(train_ids) + vocab_size)
+    return float(-np.mean(np.log2(freq[val_y])))
 
 
 def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
@@ -246,15 +275,8 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     frequencies alone, "val_bits": the model's, "train_bits": ..., "sample": str,
     "best_step": the step whose weights are kept, "curve": [(step, train bits, val
     bits)]}``."""
-    out = _out(out)
-    if file is None:
-        text, source = DEFAULT_TEXT, "the embedded default text"
-    else:
-        try:
-            with open(file, encoding="utf-8") as f:
-                text, source = f.read(), file
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DemoError(f"cannot read {file!r} as UTF-8 text: {exc}") from exc
+    out = _stdout_unless_given(out)
+    text, source = _read_text(file)
     vocab = sorted(set(text))
     index = {ch: i for i, ch in enumerate(vocab)}
     ids = np.array([index[ch] for ch in text], dtype=np.intp)
@@ -270,15 +292,8 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
                         f"must be longer than {seq_len + 1}")
     V = len(vocab)
 
-    # the held-out text as up to 40 parallel rows of at most 500 steps each
-    n = min(len(val_ids) - 1, 20000)
-    rows = max(1, n // 500)
-    val_len = n // rows
-    val_x = val_ids[: rows * val_len].reshape(rows, val_len).T
-    val_y = val_ids[1: rows * val_len + 1].reshape(rows, val_len).T
-    # its cross-entropy when every character is predicted from the frequencies alone
-    freq = (np.bincount(train_ids, minlength=V) + 1) / (len(train_ids) + V)
-    unigram_bits = float(-np.mean(np.log2(freq[val_y])))
+    val_x, val_y = _held_out_rows(val_ids)
+    unigram_bits = _frequency_bits(train_ids, val_y, V)
 
     print(f"Character-level {cell.upper()} language model on {source}: {len(text)} "
           f"characters, {V} distinct; hidden size {hidden}, sequences of {seq_len}, batch "
@@ -292,12 +307,12 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     prompt = text[: text.index(" ") + 1] if " " in text[:40] else text[:1]
 
     def next_batch() -> tuple[np.ndarray, np.ndarray]:
-        chunk = _chunks(train_ids, seq_len + 1, batch, rng)
+        chunk = _random_windows(train_ids, seq_len + 1, batch, rng)
         return chunk[:-1], chunk[1:]
 
     def val_bits() -> float:
         logits, _ = lm.predict(val_x)
-        return _bits(lm.loss(logits, val_y)[0])
+        return _nats_to_bits(lm.loss(logits, val_y)[0])
 
     def generate(n: int) -> str:
         """Sample ``n`` characters after ``prompt``: the prompt runs through the layer once,
@@ -321,7 +336,7 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
         recent.append(loss)
         if step % eval_every == 0 or step % sample_every == 0 or step == steps:
             vb = val_bits()
-            curve.append((step, _bits(float(np.mean(recent))), vb))
+            curve.append((step, _nats_to_bits(float(np.mean(recent))), vb))
             recent = []
             shown["held_out_bits"] = vb
             if vb < best[0]:
@@ -337,10 +352,10 @@ def run_text(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     sample = generate(80 if quick else 600)
     print(f"\nafter {steps} steps ({format_time(secs)}); the weights of step {best_step}, "
           f"the best on the held-out text:", file=out)
-    print(_table(("bits per character", "held out", "training"),
-                 [("character frequencies", f"{unigram_bits:.2f}", ""),
-                  (f"{cell.upper()} language model", f"{best_bits:.2f}",
-                   f"{train_bits:.2f}")]), file=out)
+    print(_text_table(("bits per character", "held out", "training"),
+                      [("character frequencies", f"{unigram_bits:.2f}", ""),
+                       (f"{cell.upper()} language model", f"{best_bits:.2f}",
+                        f"{train_bits:.2f}")]), file=out)
     print(f"\na sample from them (temperature {temperature}):\n{sample}", file=out)
     res = {"vocab": V, "unigram_bits": unigram_bits, "val_bits": best_bits,
            "train_bits": train_bits, "best_step": best_step, "sample": sample,
@@ -365,8 +380,8 @@ def make_signal(n: int, rng: np.random.Generator, noise: float = 0.1) -> np.ndar
             + 0.004 * t + noise * rng.standard_normal(n))
 
 
-def _windows(signal: np.ndarray, starts: np.ndarray, window: int, horizon: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _forecast_windows(signal: np.ndarray, starts: np.ndarray, window: int, horizon: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inputs ``(window, B, 1)`` and targets ``(B, horizon)``, both relative to the last
     observed value ``(B,)``, which is returned too. Working relative to it removes the
     trend's level, so the model never meets values outside the range it was trained on."""
@@ -416,7 +431,7 @@ def run_forecast(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
 
     Returns ``{"rmse": {"model"|"persistence"|"seasonal": (horizon,) RMSE per step ahead},
     "mean_rmse": {...}, "noise": the noise level (the best achievable RMSE)}``."""
-    out = _out(out)
+    out = _stdout_unless_given(out)
     hidden = hidden or (16 if quick else 48)
     steps = steps or (150 if quick else 1500)
     batch = 64
@@ -440,7 +455,7 @@ def run_forecast(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     optimizer = Adam(model.params, lr=0.005)
 
     def next_batch() -> tuple[np.ndarray, np.ndarray]:
-        x, y, _ = _windows(signal, rng.choice(train_starts, batch), window, horizon)
+        x, y, _ = _forecast_windows(signal, rng.choice(train_starts, batch), window, horizon)
         return x, y
 
     start = time.perf_counter()
@@ -450,7 +465,7 @@ def run_forecast(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
             optimizer.lr /= 3  # a simple schedule: finer steps for the second half
     secs = time.perf_counter() - start
 
-    x, y, last = _windows(signal, test_starts, window, horizon)
+    x, y, last = _forecast_windows(signal, test_starts, window, horizon)
     preds = {
         "model": model.predict(x),
         "persistence": np.zeros_like(y),  # relative to the last value: 0
@@ -465,7 +480,7 @@ def run_forecast(quick: bool = False, seed: int = 0, plot: Optional[str] = None,
     rows = [(name, *(f"{rmse[key][h - 1]:.3f}" for h in shown), f"{mean[key]:.3f}")
             for key, name in (("model", cell.upper()), ("persistence", "last value"),
                               ("seasonal", "value 24 steps earlier"))]
-    print(_table(["forecast", *(f"+{h}" for h in shown), "mean"], rows), file=out)
+    print(_text_table(["forecast", *(f"+{h}" for h in shown), "mean"], rows), file=out)
     print(f"\n{cell.upper()} mean RMSE is {mean['model'] / mean['persistence']:.0%} of the "
           f"last-value forecast's and {mean['model'] / mean['seasonal']:.0%} of the seasonal "
           f"one's.", file=out)
@@ -523,7 +538,7 @@ def run_gradients(quick: bool = False, seed: int = 0, plot: Optional[str] = None
     "trained_mse": {cell: validation MSE}, "explode": {"norm": before clipping,
     "clipped": after, "ratio_h0": ||dL/dh_0|| / ||dL/dh_T||, "sgd": {"clipped"|"unclipped":
     [losses]}}}``."""
-    out = _out(out)
+    out = _stdout_unless_given(out)
     T = T or (20 if quick else 100)
     hidden = hidden or (16 if quick else 32)
     steps = steps or (150 if quick else 4000)
@@ -545,7 +560,7 @@ def run_gradients(quick: bool = False, seed: int = 0, plot: Optional[str] = None
         ratios[f"{cell} trained"] = _relative_norms(model, x, y)
         trained_mse[cell] = curve[-1][1]
     rows = [(name, *(f"{r[T - 1 - d]:.1e}" for d in distances)) for name, r in ratios.items()]
-    print(_table(["cell", *(f"d={d}" for d in distances)], rows), file=out)
+    print(_text_table(["cell", *(f"d={d}" for d in distances)], rows), file=out)
     print("validation MSE after training: "
           + ", ".join(f"{c} {m:.4f}" for c, m in trained_mse.items())
           + f" (answering 1.0: {ADDING_BASELINE_MSE:.4f})", file=out)
@@ -602,8 +617,8 @@ def _clipping_demo(rng: np.random.Generator, backend: str, quick: bool,
              f"{largest_w[name]:.3g}") for name, ls in losses.items()]
     print(f"{n_steps} steps of plain SGD (lr {lr}) on new batches, from the same start "
           f"(answering 1.0 scores {ADDING_BASELINE_MSE:.3f}):", file=out)
-    print(_table(("gradient", f"loss, first {k} steps", f"last {k} steps", "largest |W_hh|"),
-                 rows), file=out)
+    print(_text_table(("gradient", f"loss, first {k} steps", f"last {k} steps", "largest |W_hh|"),
+                      rows), file=out)
     return {"norm": norm, "clipped": clipped, "ratio_h0": float(ratio[0]), "sgd": losses}
 
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastrnn import demos
+from fastrnn.tools import demos
 from fastrnn.__main__ import main as fastrnn_main
 
 

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from fastrnn._progress import Progress, format_time
+from fastrnn.tools.progress import Progress, format_time
 
 
 class Clock:

@@ -74,7 +74,7 @@ class Progress:
         self.closed = False
         self.start = self.clock()
         self._last_draw = self.start
-        self._last_len = 0  # length of the line on screen (tty), to blank what is left over
+        self._drawn_width = 0  # length of the line on screen (tty), to blank what is left over
         if self.tty:
             self._draw()
 
@@ -153,9 +153,9 @@ class Progress:
         return f"{line} {self.postfix}" if self.postfix else line
 
     def _clear(self) -> None:
-        if self.tty and self._last_len:
-            self.file.write("\r" + " " * self._last_len + "\r")
-            self._last_len = 0
+        if self.tty and self._drawn_width:
+            self.file.write("\r" + " " * self._drawn_width + "\r")
+            self._drawn_width = 0
 
     def _draw(self, now: Optional[float] = None) -> None:
         if self.disable:
@@ -166,6 +166,6 @@ class Progress:
             return
         width = shutil.get_terminal_size().columns - 1
         line = line[:width]
-        self.file.write("\r" + line + " " * max(self._last_len - len(line), 0))
+        self.file.write("\r" + line + " " * max(self._drawn_width - len(line), 0))
         self.file.flush()
-        self._last_len = len(line)
+        self._drawn_width = len(line)
