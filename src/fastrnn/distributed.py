@@ -37,7 +37,7 @@ import numpy as np
 from . import io as _io
 from . import layers as _layers
 from . import models as _models
-from ._progress import Progress
+from .tools.progress import Progress  # the demos' bar, also for fit()
 from ._threads import get_num_threads, set_num_threads
 from .optim import Optimizer, clip_grad_norm
 

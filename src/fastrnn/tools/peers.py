@@ -466,79 +466,17 @@ def _jax_runner(problem: Problem, pass_: str) -> Runner:
 
 # ---- onnxruntime
 
-#: ONNX's gate blocks, as indices of PyTorch's: LSTM i,o,f,c from i,f,g,o; GRU z,r,h from
-#: r,z,n; the RNN's one block.
-_ONNX_GATE_ORDER = {"rnn": (0,), "lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
-
-
-def _in_onnx_gate_order(a: np.ndarray, cell: str) -> np.ndarray:
-    """``a`` (``G*H`` rows first) with its gate blocks in ONNX's order."""
-    blocks = np.split(a, len(_ONNX_GATE_ORDER[cell]), axis=0)
-    return np.concatenate([blocks[g] for g in _ONNX_GATE_ORDER[cell]], axis=0)
-
-
 def onnx_model(point: Point, params: Mapping[str, np.ndarray],
                lengths: np.ndarray | None = None) -> Any:
     """The ONNX model of the layer stack of ``point`` with weights ``params`` (a fastrnn /
-    PyTorch state_dict): per layer one ``RNN`` (tanh), ``LSTM`` or ``GRU`` node
-    (``linear_before_reset=1``: PyTorch's GRU, the reset after the matmul), its weights as
-    initializers, ``W``/``R`` per direction in ONNX's gate order and ``B`` = ``[b_ih, b_hh]``.
+    PyTorch state_dict), as :func:`fastrnn.onnx.to_onnx` writes it: input ``x`` ``(T, B,
+    I)`` (and ``sequence_lens`` when ``lengths`` is given), outputs ``out``, ``h_n`` [,
+    ``c_n``]."""
+    from ..onnx import to_onnx
 
-    Input ``x`` ``(T, B, I)``; outputs ``out`` ``(T, B, D*H)``, ``h_n`` [, ``c_n``]
-    ``(L*D, B, H)``; ``lengths`` become the nodes' ``sequence_lens``.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    op = CELLS[point.cell][0]
-    D, H, T, B = point.directions, point.H, point.T, point.B
-    elem = TensorProto.DOUBLE if point.dtype == "float64" else TensorProto.FLOAT
-    inits, nodes = [], []
-
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    seq = "" if lengths is None else const("sequence_lens", np.asarray(lengths, np.int32))
-    const("out_shape", np.array([T, B, D * H], np.int64))
-    inp, finals = "x", {"h": [], "c": []}
-    for k in range(point.layers):
-        sfx = [f"_l{k}" + ("_reverse" if d else "") for d in range(D)]
-
-        def stacked(name: str, sfx: list = sfx) -> np.ndarray:
-            return np.stack([_in_onnx_gate_order(params[name + s], point.cell) for s in sfx])
-
-        W = const(f"W_l{k}", stacked("weight_ih"))
-        R = const(f"R_l{k}", stacked("weight_hh"))
-        Bias = const(f"B_l{k}", np.concatenate([stacked("bias_ih"), stacked("bias_hh")], 1))
-        outs = [f"Y_l{k}", f"Y_h_l{k}"] + ([f"Y_c_l{k}"] if op == "LSTM" else [])
-        attrs: dict[str, Any] = {"hidden_size": H,
-                                 "direction": "bidirectional" if D == 2 else "forward"}
-        if op == "GRU":
-            attrs["linear_before_reset"] = 1
-        if op == "RNN":
-            attrs["activations"] = ["Tanh"] * D
-        nodes.append(helper.make_node(op, [inp, W, R, Bias, seq], outs, name=f"{op}_l{k}",
-                                      **attrs))
-        # Y (T, D, B, H) -> (T, B, D*H), the next layer's input
-        nodes.append(helper.make_node("Transpose", [outs[0]], [f"Yt_l{k}"], perm=[0, 2, 1, 3]))
-        inp = "out" if k == point.layers - 1 else f"x_l{k + 1}"
-        nodes.append(helper.make_node("Reshape", [f"Yt_l{k}", "out_shape"], [inp]))
-        finals["h"].append(outs[1])
-        if op == "LSTM":
-            finals["c"].append(outs[2])
-    state_names = ["h"] + (["c"] if op == "LSTM" else [])
-    for s in state_names:
-        nodes.append(helper.make_node("Concat", finals[s], [f"{s}_n"], axis=0))
-    outputs = [helper.make_tensor_value_info("out", elem, [T, B, D * H])]
-    outputs += [helper.make_tensor_value_info(f"{s}_n", elem, [point.layers * D, B, H])
-                for s in state_names]
-    graph = helper.make_graph(nodes, f"fastrnn_{point.cell}", [
-        helper.make_tensor_value_info("x", elem, [T, B, point.I])], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what opset 17 needs; older runtimes load it too
-    onnx.checker.check_model(model)
-    return model
+    layer = _fastrnn_layer(point, "compiled", 0)
+    layer.load_state_dict(params)
+    return to_onnx(layer, lengths=lengths is not None)
 
 
 #: intra-op threads of the onnxruntime sessions (set by :func:`set_threads`; None: all CPUs)
@@ -562,6 +500,8 @@ def _onnxruntime_runner(problem: Problem, pass_: str) -> Runner:
                                    providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     feeds = {"x": problem.x}
+    if problem.lengths is not None:
+        feeds["sequence_lens"] = np.asarray(problem.lengths, np.int32)
 
     def run() -> Any:
         return session.run(names, feeds)
