@@ -46,7 +46,7 @@ from cpython.exc cimport PyErr_Clear, PyErr_Fetch, PyErr_Restore
 from cpython.ref cimport PyObject
 from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
-from ._blas cimport fr_blas_calls, gemm
+from _blas cimport fr_blas_calls, gemm
 
 cnp.import_array()
 
@@ -110,7 +110,7 @@ cdef extern from "_pool.h" nogil:
     void fr_pool_after_fork_child()
     long fr_slept_waits
 
-from ._cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
+from _cellmath cimport (gru_after_drow, gru_after_row, gru_before_drow1, gru_before_drow2,
                         gru_before_gates, gru_before_out, lstm_drow, lstm_row, rnn_drow,
                         rnn_row)
 
