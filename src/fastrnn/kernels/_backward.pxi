@@ -1,0 +1,291 @@
+# Backward through time, one direction of one layer: the loop struct (BwdLoop), the units
+# split of one sequence (backward_units), the batch loop and its merged GEMMs
+# (backward_loop), and the tasks the pool runs.
+#
+# Included by _kernels.pyx. Runs without the GIL on what _bwd_prepare and _bwd_plan put in
+# BwdLoop; writes only the gradients, dh/dc and scratch given there.
+
+# ---------------------------------------------------------------------------------------
+# Backward
+
+cdef Py_ssize_t _row_stride(Py_ssize_t width) noexcept nogil:
+    """A row stride of at least `width` floats for dG, whose columns the merged GEMMs read
+    down the rows: a whole number of 64-byte lines, and an odd one, so that a column's
+    rows fall in every set of the L1 cache. At a stride of 4 KB (LSTM, H = 256) they all
+    fall in one, and the weight-gradient GEMMs ran about 10% slower."""
+    cdef Py_ssize_t lines = (width + 15) // 16
+    return (lines + 1 - lines % 2) * 16
+
+
+cdef struct BwdLoop:
+    int mode, reset_after, reverse, split
+    Py_ssize_t T, N, inputs, H, Hout, P, SH, SD
+    const Py_ssize_t *bs
+    const Py_ssize_t *off
+    Py_ssize_t seqs[FR_MAX_THREADS_1]  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
+    # batch, gate rows, packed floats (of which W_ih's), scratch: for the entry points
+    Py_ssize_t B, GH, npack, npack_ih
+    void *scratch
+    void *px
+    void *ph0
+    void *pc0
+    void *pwih
+    void *pwhh
+    void *pwhr
+    void *pout
+    void *pgates
+    void *pcs
+    void *pms
+    void *pdout
+    void *pdh
+    void *pdc
+    void *pdg
+    void *php
+    void *pdhp
+    void *pdm
+    void *pseq
+    void *pdx
+    void *pdwih
+    void *pdwhh
+    void *pdbih
+    void *pdbhh
+    void *pdwhr
+    void *ppk
+    void *pbpack  # per thread bpack_floats for fr_gemm_tn, or NULL: BLAS
+    Py_ssize_t bpack_floats
+    volatile long *stop  # the call's stop word (_stop.h), or NULL
+
+
+cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
+                         floating *pk_hh) noexcept nogil:
+    """BPTT of one sequence (B = 1) on threads that split its hidden units, as
+    forward_units: thread tid takes the cells of units [u0, u1), which give their columns
+    of every gate of dG; all meet at a barrier, then each computes its units of
+    dh_{t-1} = dG @ W_hh from the whole dG row. dG rows are per step, so the next step's
+    cells write a row no thread still reads. Float32 on the packed kernel, no projection,
+    no reset-before GRU; the merged GEMMs follow in backward_loop."""
+    cdef int mode = L.mode
+    cdef bint reverse = L.reverse
+    cdef Py_ssize_t T = L.T, H = L.H, SH = L.SH, SD = L.SD
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *ph0 = <const floating *> L.ph0
+    cdef const floating *pc0 = <const floating *> L.pc0
+    cdef const floating *pout = <const floating *> L.pout
+    cdef const floating *pgates = <const floating *> L.pgates
+    cdef const floating *pcs = <const floating *> L.pcs
+    cdef const floating *pdout = <const floating *> L.pdout
+    cdef floating *pdh = <floating *> L.pdh
+    cdef floating *pdc = <floating *> L.pdc
+    cdef floating *pdg = <floating *> L.pdg
+    cdef floating *php = <floating *> L.php
+    cdef floating *pseq = <floating *> L.pseq
+    cdef const floating *hprev
+    cdef const floating *cprev
+    cdef long u0, u1, nr = fr_panel_width()
+    cdef Py_ssize_t s, row, prow, nu
+    if floating is float:
+        fr_split(H, nr, tid, nth, &u0, &u1)
+        nu = u1 - u0
+        for s in range(T - 1, -1, -1):
+            if fr_stop_before(L.stop, T - 1 - s, T - s):  # as forward_units
+                break
+            row = off[step_time(reverse, T, s)]
+            prow = off[step_time(reverse, T, s - 1)] if s > 0 else -1
+            hprev = (pout + prow * H) if prow >= 0 else ph0
+            memcpy(php + row * H + u0, hprev + u0, nu * sizeof(floating))
+            add_rows(1, nu, pdh + u0, pdout + row * H + u0)
+            if pseq != NULL:
+                memcpy(pseq + row * H + u0, pdh + u0, nu * sizeof(floating))
+            if mode == LSTM:
+                cprev = (pcs + prow * H) if prow >= 0 else pc0
+                lstm_drow(H, nu, pgates + row * SH + u0, pcs + row * H + u0, cprev + u0,
+                          pdh + u0, pdc + u0, pdg + row * SD + u0)
+            elif mode == GRU:
+                gru_after_drow(H, nu, pgates + row * SH + u0, php + row * H + u0, pdh + u0,
+                               pdg + row * SD + u0)
+            else:
+                rnn_drow(mode == RNN_RELU, nu, pout + row * H + u0, pdh + u0,
+                         pdg + row * SD + u0)
+            sync(tid, nth)
+            fr_gemm_panels(1, H, G * H, pdg + row * SD, SD, pk_hh, pdh, H, mode == GRU,
+                           u0 // nr, u1 // nr)
+
+
+cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
+    """Thread tid's sequences of BPTT for one direction of one layer, then its share of
+    the merged GEMMs.
+
+    pdh and pdc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit; pdg, php,
+    pdhp and pdm (B x H) are workspaces; dx and the weight gradients are overwritten, the
+    bias gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
+    """
+    cdef int mode = L.mode
+    cdef bint reset_after = L.reset_after, reverse = L.reverse
+    cdef Py_ssize_t T = L.T, N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
+    cdef Py_ssize_t SH = L.SH, SD = L.SD
+    cdef const Py_ssize_t *bs = L.bs
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *px = <const floating *> L.px
+    cdef const floating *ph0 = <const floating *> L.ph0
+    cdef const floating *pc0 = <const floating *> L.pc0
+    cdef const floating *pwih = <const floating *> L.pwih
+    cdef const floating *pwhh = <const floating *> L.pwhh
+    cdef const floating *pwhr = <const floating *> L.pwhr
+    cdef const floating *pout = <const floating *> L.pout
+    cdef const floating *pgates = <const floating *> L.pgates
+    cdef const floating *pcs = <const floating *> L.pcs
+    cdef const floating *pms = <const floating *> L.pms
+    cdef const floating *pdout = <const floating *> L.pdout
+    cdef floating *pdh = <floating *> L.pdh
+    cdef floating *pdc = <floating *> L.pdc
+    cdef floating *pdg = <floating *> L.pdg
+    cdef floating *php = <floating *> L.php
+    cdef floating *pdhp = <floating *> L.pdhp
+    cdef floating *pdm = <floating *> L.pdm
+    cdef floating *pseq = <floating *> L.pseq
+    cdef floating *pdx = <floating *> L.pdx
+    cdef floating *pdwih = <floating *> L.pdwih
+    cdef floating *pdwhh = <floating *> L.pdwhh
+    cdef floating *pdbih = <floating *> L.pdbih
+    cdef floating *pdbhh = <floating *> L.pdbhh
+    cdef floating *pdwhr = <floating *> L.pdwhr
+    cdef floating *ppk = <floating *> L.ppk
+
+    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t GH = G * H
+    cdef bint gru_after = mode == GRU and reset_after
+    cdef bint gru_before = mode == GRU and not reset_after
+    cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
+    cdef Py_ssize_t s, t, n, r0, b, pr, row
+    cdef const floating *cprev
+    cdef const floating *dmrow
+    # K: width of dGh, the block that multiplies W_hh (all of it but for reset-before GRU)
+    cdef Py_ssize_t K = 2 * H if gru_before else GH
+    cdef Py_ssize_t sizes[4]
+    cdef floating *pk_hh = NULL
+    cdef floating *pk_hn = NULL
+    cdef floating *pk_hr = NULL
+    cdef floating *pk_ih = NULL
+    cdef floating *pk_ih2 = NULL
+    cdef floating *bpack = NULL
+    cdef long lo_c, hi_c
+    if ppk != NULL:
+        _packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
+        pk_hh = pack_weight(tid, nth, ppk, False, Hout, K, pwhh, Hout)
+        if gru_before:
+            pk_hn = pack_weight(tid, nth, ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout,
+                                Hout)
+        if P > 0:
+            pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
+        if L.pbpack != NULL:
+            bpack = <floating *> L.pbpack + tid * L.bpack_floats
+            pk_ih = ppk + sizes[0] + sizes[1] + sizes[2]
+            if gru_after:
+                pack_weight(tid, nth, pk_ih, False, I, 2 * H, pwih, I)
+                pk_ih2 = pack_weight(tid, nth, pk_ih + fr_packed_size(I, 2 * H), False, I, H,
+                                     pwih + 2 * H * I, I)
+            else:
+                pack_weight(tid, nth, pk_ih, False, I, GH, pwih, I)
+        sync(tid, nth)
+    if L.split:
+        backward_units(kind, L, tid, nth, pk_hh)
+    else:
+        for s in range(T - 1, -1, -1):
+            if fr_stop_before(L.stop, T - 1 - s, 0):
+                break
+            t = step_time(reverse, T, s)
+            r0 = off[t] + lo  # from here rows and states are counted from sequence lo
+            n = min(bs[t], hi) - lo
+            if n <= 0:
+                continue
+            for b in range(n):
+                row = r0 + b
+                pr = prev_row(reverse, T, bs, off, t, lo + b)
+                memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + (lo + b) * Hout),
+                       Hout * sizeof(floating))
+                add_rows(1, Hout, pdh + (lo + b) * Hout, pdout + row * Hout)
+            if pseq != NULL:
+                memcpy(pseq + r0 * Hout, pdh + lo * Hout, n * Hout * sizeof(floating))
+            if P > 0:
+                # dW_hr needs every step's dh: keep them, take the GEMM after the loop
+                memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
+                step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
+                          <int> H, False, pdm + lo * H, <int> H)
+            for b in range(n):
+                row = r0 + b
+                if mode == LSTM:
+                    pr = prev_row(reverse, T, bs, off, t, lo + b)
+                    cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
+                    dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
+                    lstm_drow(H, H, pgates + row * SH, pcs + row * H, cprev, dmrow,
+                              pdc + (lo + b) * H, pdg + row * SD)
+                elif gru_after:
+                    gru_after_drow(H, H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
+                                   pdg + row * SD)
+                elif gru_before:
+                    gru_before_drow1(H, pgates + row * SH, php + row * Hout,
+                                     pdh + (lo + b) * Hout, pdg + row * SD)
+                else:
+                    rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
+                             pdg + row * SD)
+            if gru_before:
+                # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
+                step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
+                          False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
+                for b in range(n):
+                    row = r0 + b
+                    gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
+                                     pdh + (lo + b) * Hout, pdg + row * SD)
+            # dh_{t-1} = direct part (GRU) + dGh @ W_hh
+            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
+                      pwhh, <int> Hout, mode == GRU, pdh + lo * Hout, <int> Hout)
+    sync(tid, nth)
+    if L.stop != NULL and L.stop[0] != LONG_MAX:
+        return  # stopped: the word is final here (no thread polls past the loop)
+
+    # Merged GEMMs over all timesteps, each split by its output rows (or columns for the
+    # sums), so they need no barrier between them. dGx columns: [0, GH) except for the
+    # reset-after GRU, where the n block of dGx is column block 3 of dG. On threads, the
+    # packed kernel takes them (BLAS would pack its operands again in every thread).
+    if gru_after:
+        merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> SD, px, <int> I,
+                  pdwih, <int> I, bpack, L.stop)
+        merged_tn(tid, nth, <int> H, <int> I, <int> N, pdg + 3 * H, <int> SD, px, <int> I,
+                  pdwih + 2 * H * I, <int> I, bpack, L.stop)
+        merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> SD, pwih,
+                  <int> I, False, pdx, <int> I, L.stop)
+        merged_nn(tid, nth, pk_ih2, <int> N, <int> I, <int> H, pdg + 3 * H, <int> SD,
+                  pwih + 2 * H * I, <int> I, True, pdx, <int> I, L.stop)
+        colsum_add(tid, nth, N, 2 * H, pdg, SD, pdbih)
+        colsum_add(tid, nth, N, H, pdg + 3 * H, SD, pdbih + 2 * H)
+    else:
+        merged_tn(tid, nth, <int> GH, <int> I, <int> N, pdg, <int> SD, px, <int> I, pdwih,
+                  <int> I, bpack, L.stop)
+        merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> GH, pdg, <int> SD, pwih, <int> I,
+                  False, pdx, <int> I, L.stop)
+        colsum_add(tid, nth, N, GH, pdg, SD, pdbih)
+    merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> SD, php, <int> Hout, pdwhh,
+              <int> Hout, bpack, L.stop)
+    if gru_after:
+        colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
+    else:
+        # both biases meet the same pre-activations: one sum serves both; this thread's
+        # columns of it are the ones it summed
+        fr_split(GH, 16, tid, nth, &lo_c, &hi_c)
+        memcpy(pdbhh + lo_c, pdbih + lo_c, (hi_c - lo_c) * sizeof(floating))
+    if gru_before:
+        # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
+        merged_tn(tid, nth, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD, pgates + 3 * H,
+                  <int> SH, pdwhh + 2 * H * Hout, <int> Hout, bpack, L.stop)
+    if P > 0:
+        merged_tn(tid, nth, <int> P, <int> H, <int> N, pdhp, <int> P, pms, <int> H, pdwhr,
+                  <int> H, bpack, L.stop)
+
+
+cdef void backward_task_f(void *ctx, int tid, int nth) noexcept nogil:
+    backward_loop(<float *> NULL, <BwdLoop *> ctx, tid, nth)
+
+
+cdef void backward_task_d(void *ctx, int tid, int nth) noexcept nogil:
+    backward_loop(<double *> NULL, <BwdLoop *> ctx, tid, nth)
