@@ -126,22 +126,18 @@ cdef Py_ssize_t *_offsets(object batch_sizes, Py_ssize_t N, Py_ssize_t B) except
     return off
 
 
-cdef int _gates(int mode):
-    return 4 if mode == LSTM else 3 if mode == GRU else 1
-
-
 cdef struct Dims:
     # rows, inputs, hidden, gate rows, projection, state and batch sizes: N, I, H, G*H, P,
     # Hout, B (no single capital letters as fields: <complex.h> defines I)
     Py_ssize_t rows, inputs, hidden, gate_rows, proj, hout, batch
 
 
-cdef Dims _dims(int mode, int tn, x, w_ih, w_hh, w_hr, h0) except *:
+cdef Dims _dims(Cell cell, int tn, x, w_ih, w_hh, w_hr, h0) except *:
     """The sizes of a layer's problem, after checking x, the weights and h0 against each
     other: x (N, I), w_ih (G*H, I), w_hh (G*H, Hout), w_hr (P, H) or None, h0 (B, Hout)."""
     cdef Dims d
     memset(&d, 0, sizeof(d))
-    cdef int G = _gates(mode)
+    cdef int G = <int> _gates(cell)
     _data(x, tn, 2, -1, -1, "x")
     d.rows, d.inputs = _dim(x, 0), _dim(x, 1)
     _data(w_ih, tn, 2, -1, d.inputs, "w_ih")
@@ -151,7 +147,7 @@ cdef Dims _dims(int mode, int tn, x, w_ih, w_hh, w_hr, h0) except *:
         raise ValueError(f"w_ih must have a positive multiple of {G} rows, got {d.gate_rows}")
     _opt(w_hr, tn, 2, -1, d.hidden, "w_hr")
     d.proj = 0 if w_hr is None else _dim(w_hr, 0)
-    if d.proj and mode != LSTM:
+    if d.proj and cell != LSTM:
         raise ValueError("only LSTM takes a projection")
     d.hout = d.proj if d.proj > 0 else d.hidden
     _data(w_hh, tn, 2, d.gate_rows, d.hout, "w_hh")

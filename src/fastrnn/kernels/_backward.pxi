@@ -18,7 +18,8 @@ cdef Py_ssize_t _row_stride(Py_ssize_t width) noexcept nogil:
 
 
 cdef struct BwdLoop:
-    int mode, reset_after, reverse, split
+    Cell cell
+    int reverse, split
     Py_ssize_t T, N, inputs, H, Hout, P, SH, SD
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -64,10 +65,10 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
     dh_{t-1} = dG @ W_hh from the whole dG row. dG rows are per step, so the next step's
     cells write a row no thread still reads. Float32 on the packed kernel, no projection,
     no reset-before GRU; the merged GEMMs follow in backward_loop."""
-    cdef int mode = L.mode
+    cdef Cell cell = L.cell
     cdef bint reverse = L.reverse
     cdef Py_ssize_t T = L.T, H = L.H, SH = L.SH, SD = L.SD
-    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t G = _gates(cell)
     cdef const Py_ssize_t *off = L.off
     cdef const floating *ph0 = <const floating *> L.ph0
     cdef const floating *pc0 = <const floating *> L.pc0
@@ -97,18 +98,18 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
             add_rows(1, nu, pdh + u0, pdout + row * H + u0)
             if pseq != NULL:
                 memcpy(pseq + row * H + u0, pdh + u0, nu * sizeof(floating))
-            if mode == LSTM:
+            if cell == LSTM:
                 cprev = (pcs + prow * H) if prow >= 0 else pc0
                 lstm_drow(H, nu, pgates + row * SH + u0, pcs + row * H + u0, cprev + u0,
                           pdh + u0, pdc + u0, pdg + row * SD + u0)
-            elif mode == GRU:
+            elif cell == GRU_AFTER:
                 gru_after_drow(H, nu, pgates + row * SH + u0, php + row * H + u0, pdh + u0,
                                pdg + row * SD + u0)
             else:
-                rnn_drow(mode == RNN_RELU, nu, pout + row * H + u0, pdh + u0,
+                rnn_drow(cell == RNN_RELU, nu, pout + row * H + u0, pdh + u0,
                          pdg + row * SD + u0)
             sync(tid, nth)
-            fr_gemm_panels(1, H, G * H, pdg + row * SD, SD, pk_hh, pdh, H, mode == GRU,
+            fr_gemm_panels(1, H, G * H, pdg + row * SD, SD, pk_hh, pdh, H, cell == GRU_AFTER,
                            u0 // nr, u1 // nr)
 
 
@@ -120,8 +121,8 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     pdhp and pdm (B x H) are workspaces; dx and the weight gradients are overwritten, the
     bias gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
     """
-    cdef int mode = L.mode
-    cdef bint reset_after = L.reset_after, reverse = L.reverse
+    cdef Cell cell = L.cell
+    cdef bint reverse = L.reverse
     cdef Py_ssize_t T = L.T, N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
     cdef Py_ssize_t SH = L.SH, SD = L.SD
     cdef const Py_ssize_t *bs = L.bs
@@ -152,10 +153,10 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef floating *pdwhr = <floating *> L.pdwhr
     cdef floating *ppk = <floating *> L.ppk
 
-    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t G = _gates(cell)
     cdef Py_ssize_t GH = G * H
-    cdef bint gru_after = mode == GRU and reset_after
-    cdef bint gru_before = mode == GRU and not reset_after
+    cdef bint gru_after = cell == GRU_AFTER
+    cdef bint gru_before = cell == GRU_BEFORE
     cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
     cdef Py_ssize_t s, t, n, r0, b, pr, row
     cdef const floating *cprev
@@ -171,7 +172,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef floating *bpack = NULL
     cdef long lo_c, hi_c
     if ppk != NULL:
-        _packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
+        _packed_sizes(True, cell, I, H, Hout, P, sizes)
         pk_hh = pack_weight(tid, nth, ppk, False, Hout, K, pwhh, Hout)
         if gru_before:
             pk_hn = pack_weight(tid, nth, ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout,
@@ -214,7 +215,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
                           <int> H, False, pdm + lo * H, <int> H)
             for b in range(n):
                 row = r0 + b
-                if mode == LSTM:
+                if cell == LSTM:
                     pr = prev_row(reverse, T, bs, off, t, lo + b)
                     cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
                     dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
@@ -227,7 +228,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
                     gru_before_drow1(H, pgates + row * SH, php + row * Hout,
                                      pdh + (lo + b) * Hout, pdg + row * SD)
                 else:
-                    rnn_drow(mode == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
+                    rnn_drow(cell == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
                              pdg + row * SD)
             if gru_before:
                 # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
@@ -239,7 +240,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
                                      pdh + (lo + b) * Hout, pdg + row * SD)
             # dh_{t-1} = direct part (GRU) + dGh @ W_hh
             step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
-                      pwhh, <int> Hout, mode == GRU, pdh + lo * Hout, <int> Hout)
+                      pwhh, <int> Hout, gru_after or gru_before, pdh + lo * Hout, <int> Hout)
     sync(tid, nth)
     if L.stop != NULL and L.stop[0] != LONG_MAX:
         return  # stopped: the word is final here (no thread polls past the loop)

@@ -65,10 +65,44 @@ cdef extern from "_pool.h" nogil:
     long fr_slept_waits
 
 
+# The mode codes the entry points take, with reset_after for the GRU (MODES: their names,
+# for the adapter); _cell() turns the pair into the one Cell code the loops use.
 cdef enum:
+    MODE_RNN_TANH = 0
+    MODE_RNN_RELU = 1
+    MODE_LSTM = 2
+    MODE_GRU = 3
+
+MODES = {"RNN_TANH": MODE_RNN_TANH, "RNN_RELU": MODE_RNN_RELU, "LSTM": MODE_LSTM,
+         "GRU": MODE_GRU}
+
+# The cell a loop runs. The first four are also fr_seq1_forward's codes (_kern_body.h),
+# which never runs the reset-before GRU.
+ctypedef enum Cell:
     RNN_TANH = 0
     RNN_RELU = 1
     LSTM = 2
-    GRU = 3
+    GRU_AFTER = 3   # reset gate after W_hn: n = tanh(x_n + r * (W_hn h + b_hn)) (PyTorch's)
+    GRU_BEFORE = 4  # reset gate before W_hn: n = tanh(x_n + W_hn (r * h) + b_hn)
 
-MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": LSTM, "GRU": GRU}
+
+cdef Cell _cell(int mode, bint reset_after) except *:
+    """The Cell of an entry point's (mode, reset_after); reset_after only counts for GRU."""
+    if mode == MODE_RNN_TANH:
+        return RNN_TANH
+    if mode == MODE_RNN_RELU:
+        return RNN_RELU
+    if mode == MODE_LSTM:
+        return LSTM
+    if mode == MODE_GRU:
+        return GRU_AFTER if reset_after else GRU_BEFORE
+    raise ValueError(f"mode must be one of {sorted(MODES.values())} (MODES), got {mode}")
+
+
+cdef inline Py_ssize_t _gates(Cell cell) noexcept nogil:
+    """G: the gate blocks of H rows in W_ih and W_hh."""
+    return 4 if cell == LSTM else 3 if (cell == GRU_AFTER or cell == GRU_BEFORE) else 1
+
+
+cdef inline bint _is_gru(Cell cell) noexcept nogil:
+    return cell == GRU_AFTER or cell == GRU_BEFORE

@@ -9,7 +9,8 @@
 cdef struct FwdLoop:
     # the problem (see forward_loop) and its buffers, typed by the task that runs it;
     # inputs: I (<complex.h> defines I as a macro)
-    int mode, reset_after, reverse, training, split, upfront, seq1, fuse, pack_ih
+    Cell cell
+    int reverse, training, split, upfront, seq1, fuse, pack_ih
     Py_ssize_t T, inputs, H, Hout, P, SH, chunk_rows
     const Py_ssize_t *bs
     const Py_ssize_t *off
@@ -93,8 +94,8 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     whose inputs come from pxg (chunk_rows x I per thread) where the thread's rows of x
     are not one block (nth > 1).
     """
-    cdef int mode = L.mode
-    cdef bint reset_after = L.reset_after, reverse = L.reverse, training = L.training
+    cdef Cell cell = L.cell
+    cdef bint reverse = L.reverse, training = L.training
     cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P, SH = L.SH
     cdef Py_ssize_t chunk_rows = L.chunk_rows
     cdef const Py_ssize_t *bs = L.bs
@@ -115,9 +116,9 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     cdef floating *ppk = <floating *> L.ppk
     cdef floating *pxg = NULL
 
-    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t G = _gates(cell)
     cdef Py_ssize_t GH = G * H
-    cdef bint gru_before = mode == GRU and not reset_after
+    cdef bint gru_before = cell == GRU_BEFORE
     cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
     cdef Py_ssize_t s, s_end, t, u, n, r0, b, j, rows, pos = 0, row_base = 0, chunk_end = 0
     cdef floating *a
@@ -130,7 +131,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     cdef floating *pk_hr = NULL
     cdef floating *pk_ih = NULL
     if ppk != NULL:
-        _packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
+        _packed_sizes(False, cell, I, H, Hout, P, sizes)
         pk_hh = pack_weight(tid, nth, ppk, True, 2 * H if gru_before else GH, Hout, pwhh,
                             Hout)
         if gru_before:
@@ -162,7 +163,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         if L.seq1:
             # one sequence (B = 1) on the packed kernel: the table's loop of one sequence
             if lo < hi:
-                fr_seq1_forward(mode, T, H, reverse, pk_hh, pgates, SH, pb, pbhn, ph, pc,
+                fr_seq1_forward(cell, T, H, reverse, pk_hh, pgates, SH, pb, pbhn, ph, pc,
                                 pout, pcs if training else NULL, pgh, px, I,
                                 pk_ih if (L.fuse or L.wait_on != NULL) else NULL,
                                 <float *> L.pgx, L.progress, L.wait_on, L.sleepers,
@@ -252,7 +253,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                   <int> Hout, False, pgh + lo * GH, <int> GH)
         for b in range(n):
             arow = a + b * SH
-            if mode == LSTM:
+            if cell == LSTM:
                 if P > 0:
                     m = pms + ((r0 + lo + b) if training else (lo + b)) * H
                 else:
@@ -263,12 +264,12 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                     memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
                 if P == 0:
                     memcpy(hp + b * Hout, m, H * sizeof(floating))
-            elif mode == GRU:
+            elif cell == GRU_AFTER:
                 gru_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pbhn,
                          hp + b * Hout, pout + (r0 + lo + b) * Hout)
                 memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
             else:
-                rnn_cell(vec, mode == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
+                rnn_cell(vec, cell == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
                 if not in_out:  # else a is the output row itself
                     memcpy(pout + (r0 + lo + b) * Hout, arow, H * sizeof(floating))
                 memcpy(hp + b * Hout, arow, H * sizeof(floating))
@@ -316,10 +317,10 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
     still reads. The training forward has projected every row before (forward_loop);
     inference projects a chunk of steps at a time, each thread its own columns.
     Float32 on the packed kernel, no projection (P = 0), no reset-before GRU."""
-    cdef int mode = L.mode
+    cdef Cell cell = L.cell
     cdef bint reverse = L.reverse, training = L.training
     cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, SH = L.SH, chunk_rows = L.chunk_rows
-    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
+    cdef Py_ssize_t G = _gates(cell)
     cdef Py_ssize_t GH = G * H
     cdef const Py_ssize_t *off = L.off
     cdef const floating *px = <const floating *> L.px
@@ -360,15 +361,15 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
                 fr_gemm_panels(1, GH, H, hsrc, H, pk_hh, pgh, GH, 0, (g * H + u0) // nr,
                                (g * H + u1) // nr)
             orow = pout + row * H
-            if mode == LSTM:
+            if cell == LSTM:
                 lstm_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pc + u0, orow + u0)
                 if training:
                     memcpy(pcs + row * H + u0, pc + u0, nu * sizeof(floating))
-            elif mode == GRU:
+            elif cell == GRU_AFTER:
                 gru_cell(True, training, H, nu, a + u0, pgh + u0, pb + u0, pbhn + u0,
                          hsrc + u0, orow + u0)
             else:
-                rnn_cell(True, mode == RNN_RELU, nu, a + u0, pgh + u0, pb + u0)
+                rnn_cell(True, cell == RNN_RELU, nu, a + u0, pgh + u0, pb + u0)
                 if not training:  # when training, a is the output row itself
                     memcpy(orow + u0, a + u0, nu * sizeof(floating))
             sync(tid, nth)

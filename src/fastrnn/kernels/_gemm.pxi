@@ -84,16 +84,16 @@ cdef inline void merged_nn(int tid, int nth, const floating *packed, int m, int 
         r0 += MERGED_BLOCK_ROWS
 
 
-cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssize_t I,
-                              Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P,
+cdef Py_ssize_t _packed_sizes(bint backward, Cell cell, Py_ssize_t I, Py_ssize_t H,
+                              Py_ssize_t Hout, Py_ssize_t P,
                               Py_ssize_t *sizes) noexcept nogil:
     """Floats for the packed W_hh block of the step GEMM, W_hn (reset-before GRU), W_hr and
     W_ih, in sizes[0:4]; returns their sum.
 
     Forward multiplies by W^T, backward by W, so the packed shapes are transposed.
     """
-    cdef Py_ssize_t G = 4 if mode == LSTM else 3 if mode == GRU else 1
-    cdef Py_ssize_t K = 2 * H if (mode == GRU and not reset_after) else G * H
+    cdef Py_ssize_t G = _gates(cell)
+    cdef Py_ssize_t K = 2 * H if cell == GRU_BEFORE else G * H
     if backward:
         sizes[0] = fr_packed_size(Hout, K)
         sizes[2] = fr_packed_size(H, P) if P > 0 else 0
@@ -104,5 +104,5 @@ cdef Py_ssize_t _packed_sizes(bint backward, int mode, bint reset_after, Py_ssiz
         sizes[0] = fr_packed_size(K, Hout)
         sizes[2] = fr_packed_size(P, H) if P > 0 else 0
         sizes[3] = fr_packed_size(G * H, I)
-    sizes[1] = fr_packed_size(H, H) if (mode == GRU and not reset_after) else 0
+    sizes[1] = fr_packed_size(H, H) if cell == GRU_BEFORE else 0
     return sizes[0] + sizes[1] + sizes[2] + sizes[3]

@@ -92,35 +92,35 @@ def forward(int mode, bint reset_after, bint reverse, bint training, x, batch_si
     None, and when training the saved activations (gates or None, cs or None, ms or None).
     """
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
-        return _forward(<float> 0, mode, reset_after, reverse, training, x, batch_sizes,
+        return _forward(<float> 0, _cell(mode, reset_after), reverse, training, x, batch_sizes,
                         w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
-        return _forward(<double> 0, mode, reset_after, reverse, training, x, batch_sizes,
+        return _forward(<double> 0, _cell(mode, reset_after), reverse, training, x, batch_sizes,
                         w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _fwd_prepare(floating kind, FwdLoop *L, int mode, bint reset_after, bint reverse,
-                         bint training, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0,
+cdef object _fwd_prepare(floating kind, FwdLoop *L, Cell cell, bint reverse, bint training,
+                         x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0,
                          c0):
     """Check one direction's arrays, allocate its outputs and fill in what of L does not
     depend on the thread count (L.split and L.upfront as one call alone would choose
     them); _fwd_plan does the rest. Returns (out, h, c, gates, cs, ms). L.off is malloc'ed
     (_fwd_release frees it, also after an error)."""
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
-    cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
+    cdef Dims d = _dims(cell, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
     cdef Py_ssize_t P = d.proj, Hout = d.hout, B = d.batch
     L.pbih = _opt(b_ih, tn, 1, GH, -1, "b_ih")
     L.pbhh = _opt(b_hh, tn, 1, GH, -1, "b_hh")
     if (L.pbih == NULL) != (L.pbhh == NULL):
         raise ValueError("b_ih and b_hh must be both given or both None")
-    cdef bint lstm = mode == LSTM
+    cdef bint lstm = cell == LSTM
     if lstm == (c0 is None):
         raise ValueError("c0 is needed for LSTM and only for LSTM")
     _opt(c0, tn, 2, B, H, "c0")
     cdef Py_ssize_t T = _dim(batch_sizes, 0) if cnp.PyArray_Check(batch_sizes) else 0
-    cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
+    cdef Py_ssize_t S = 4 if (lstm or _is_gru(cell)) else 1
     L.off = _offsets(batch_sizes, N, B)
 
     # outputs and saved activations
@@ -134,13 +134,13 @@ cdef object _fwd_prepare(floating kind, FwdLoop *L, int mode, bint reset_after, 
         ms = _new(tn, N, H, False) if P else None
 
     cdef Py_ssize_t sizes[4]
-    L.npack = (_packed_sizes(False, mode, reset_after, I, H, Hout, P, sizes)
+    L.npack = (_packed_sizes(False, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
-    L.split = _split_units(B, L.npack, P, H, mode, reset_after, GH * Hout)
+    L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
     L.upfront = (not training and not L.split and B == 1
                  and N * S * H * sizeof(floating) <= UPFRONT_MAX_BYTES)
-    L.mode, L.reset_after, L.reverse, L.training = mode, reset_after, reverse, training
+    L.cell, L.reverse, L.training = cell, reverse, training
     L.N, L.B, L.GH = N, B, GH
     L.T, L.inputs, L.H, L.Hout, L.P, L.SH = T, I, H, Hout, P, S * H
     L.bs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
@@ -195,7 +195,7 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     # one sequence on the packed kernel, not split: fr_seq1_forward, which on one
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
-              and not (L.mode == GRU and not L.reset_after) and (training or upfront))
+              and L.cell != GRU_BEFORE and (training or upfront))
     fuse_weights = SEQ1_FUSE_WEIGHTS
     if fuse_weights is None:
         fuse_weights = CAPABILITY_SEQ1_FUSE_WEIGHTS.get(fr_kt.name.decode(), 0)
@@ -246,7 +246,7 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
         pb[j] = (pbih[j] + pbhh[j]) if pbih != NULL else 0
     for j in range(H):
         pbhn[j] = 0
-    if pbih != NULL and L.mode == GRU and L.reset_after:
+    if pbih != NULL and L.cell == GRU_AFTER:
         for j in range(H):
             pb[2 * H + j] = pbih[2 * H + j]
             pbhn[j] = pbhh[2 * H + j]
@@ -305,12 +305,12 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     return 0
 
 
-cdef object _forward(floating kind, int mode, bint reset_after, bint reverse, bint training,
-                     x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+cdef object _forward(floating kind, Cell cell, bint reverse, bint training, x,
+                     batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     cdef FwdLoop L
     memset(&L, 0, sizeof(L))
     try:
-        prepared = _fwd_prepare(kind, &L, mode, reset_after, reverse, training, x,
+        prepared = _fwd_prepare(kind, &L, cell, reverse, training, x,
                                 batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
         _fwd_run(kind, &L)
     finally:
@@ -328,33 +328,33 @@ def backward(int mode, bint reset_after, bint reverse, x, batch_sizes, h0, c0, w
     the gradients of w_ih, w_hh, the fused biases (b_ih, b_hh) and w_hr (or None).
     """
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
-        return _backward(<float> 0, mode, reset_after, reverse, x, batch_sizes, h0, c0,
+        return _backward(<float> 0, _cell(mode, reset_after), reverse, x, batch_sizes, h0, c0,
                          w_ih, w_hh, w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
-        return _backward(<double> 0, mode, reset_after, reverse, x, batch_sizes, h0, c0,
+        return _backward(<double> 0, _cell(mode, reset_after), reverse, x, batch_sizes, h0, c0,
                          w_ih, w_hh, w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _bwd_prepare(floating kind, BwdLoop *L, int mode, bint reset_after,
-                         bint reverse, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates,
+cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
+                         x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates,
                          cs, ms, dout, dh_n, dc_n, dh_seq):
     """Check one direction's arrays, allocate its gradients and fill in what of L does not
     depend on the thread count (L.split as one call alone would choose it); _bwd_plan
     does the rest. Returns (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr). L.off is
     malloc'ed (_bwd_release frees it, also after an error)."""
     cdef int tn = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
-    cdef bint lstm = mode == LSTM
-    cdef bint gru_after = mode == GRU and reset_after
-    cdef Dims d = _dims(mode, tn, x, w_ih, w_hh, w_hr, h0)
+    cdef bint lstm = cell == LSTM
+    cdef bint gru_after = cell == GRU_AFTER
+    cdef Dims d = _dims(cell, tn, x, w_ih, w_hh, w_hr, h0)
     cdef Py_ssize_t N = d.rows, I = d.inputs, GH = d.gate_rows, H = d.hidden
     cdef Py_ssize_t P = d.proj, Hout = d.hout, B = d.batch
     if lstm == (c0 is None) or lstm == (dc_n is None) or lstm == (cs is None):
         raise ValueError("c0, dc_n and cs are needed for LSTM and only for LSTM")
-    cdef bint rnn = mode == RNN_TANH or mode == RNN_RELU
+    cdef bint rnn = cell == RNN_TANH or cell == RNN_RELU
     if (ms is not None) != (P > 0) or (gates is not None) == rnn:
         raise ValueError("saved activations do not match the cell")
-    cdef Py_ssize_t S = 4 if (lstm or mode == GRU) else 1
+    cdef Py_ssize_t S = 4 if (lstm or _is_gru(cell)) else 1
     L.pc0 = _opt(c0, tn, 2, B, H, "c0")
     L.pout = _data(out, tn, 2, N, Hout, "out")
     L.pgates = _opt(gates, tn, 2, N, S * H, "gates")
@@ -381,11 +381,11 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, int mode, bint reset_after,
     cdef cnp.ndarray dw_hr = _new(tn, P, H, empty) if P else None
 
     cdef Py_ssize_t sizes[4]
-    L.npack = (_packed_sizes(True, mode, reset_after, I, H, Hout, P, sizes)
+    L.npack = (_packed_sizes(True, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
-    L.split = _split_units(B, L.npack, P, H, mode, reset_after, GH * Hout)
-    L.mode, L.reset_after, L.reverse = mode, reset_after, reverse
+    L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
+    L.cell, L.reverse = cell, reverse
     L.B, L.GH = B, GH
     L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH = T, N, I, H, Hout, P, S * H
     L.SD = _row_stride(4 * H if gru_after else GH)
@@ -465,13 +465,13 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     return 0
 
 
-cdef object _backward(floating kind, int mode, bint reset_after, bint reverse, x,
+cdef object _backward(floating kind, Cell cell, bint reverse, x,
                       batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, gates, cs, ms, dout,
                       dh_n, dc_n, dh_seq):
     cdef BwdLoop L
     memset(&L, 0, sizeof(L))
     try:
-        grads = _bwd_prepare(kind, &L, mode, reset_after, reverse, x, batch_sizes, h0, c0,
+        grads = _bwd_prepare(kind, &L, cell, reverse, x, batch_sizes, h0, c0,
                              w_ih, w_hh, w_hr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
         _bwd_run(kind, &L)
     finally:

@@ -59,14 +59,14 @@ def forward_both(int mode, bint reset_after, bint training, x, batch_sizes, fwd,
             and len(rev) == 7):
         raise TypeError("fwd and rev must be tuples (w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)")
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
-        return _forward_both(<float> 0, mode, reset_after, training, x, batch_sizes, fwd, rev)
+        return _forward_both(<float> 0, _cell(mode, reset_after), training, x, batch_sizes, fwd, rev)
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
-        return _forward_both(<double> 0, mode, reset_after, training, x, batch_sizes, fwd,
+        return _forward_both(<double> 0, _cell(mode, reset_after), training, x, batch_sizes, fwd,
                              rev)
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _forward_both(floating kind, int mode, bint reset_after, bint training, x,
+cdef object _forward_both(floating kind, Cell cell, bint training, x,
                           batch_sizes, tuple fwd, tuple rev):
     global _last_paired, _last_threads
     cdef FwdLoop A, R
@@ -81,11 +81,11 @@ cdef object _forward_both(floating kind, int mode, bint reset_after, bint traini
     wi, wh, bi, bh, wr, h0, c0 = fwd
     try:
         with _naming("forward direction"):
-            ra = _fwd_prepare(kind, &A, mode, reset_after, False, training, x, batch_sizes,
+            ra = _fwd_prepare(kind, &A, cell, False, training, x, batch_sizes,
                               wi, wh, bi, bh, wr, h0, c0)
         wi, wh, bi, bh, wr, h0, c0 = rev
         with _naming("reverse direction"):
-            rr = _fwd_prepare(kind, &R, mode, reset_after, True, training, x, batch_sizes,
+            rr = _fwd_prepare(kind, &R, cell, True, training, x, batch_sizes,
                               wi, wh, bi, bh, wr, h0, c0)
         if not (PAIR_DIRECTIONS and _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout,
                                                 A.GH * A.Hout, A.split,
@@ -131,13 +131,13 @@ def backward_both(int mode, bint reset_after, x, batch_sizes, fwd, rev):
         raise TypeError("fwd and rev must be tuples (h0, c0, w_ih, w_hh, w_hr, out, gates, "
                         "cs, ms, dout, dh_n, dc_n, dh_seq)")
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
-        return _backward_both(<float> 0, mode, reset_after, x, batch_sizes, fwd, rev)
+        return _backward_both(<float> 0, _cell(mode, reset_after), x, batch_sizes, fwd, rev)
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
-        return _backward_both(<double> 0, mode, reset_after, x, batch_sizes, fwd, rev)
+        return _backward_both(<double> 0, _cell(mode, reset_after), x, batch_sizes, fwd, rev)
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_sizes,
+cdef object _backward_both(floating kind, Cell cell, x, batch_sizes,
                            tuple fwd, tuple rev):
     global _last_paired, _last_threads
     cdef BwdLoop A, R
@@ -152,11 +152,11 @@ cdef object _backward_both(floating kind, int mode, bint reset_after, x, batch_s
     h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = fwd
     try:
         with _naming("forward direction"):
-            ga = _bwd_prepare(kind, &A, mode, reset_after, False, x, batch_sizes, h0, c0,
+            ga = _bwd_prepare(kind, &A, cell, False, x, batch_sizes, h0, c0,
                               wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
         h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = rev
         with _naming("reverse direction"):
-            gr = _bwd_prepare(kind, &R, mode, reset_after, True, x, batch_sizes, h0, c0,
+            gr = _bwd_prepare(kind, &R, cell, True, x, batch_sizes, h0, c0,
                               wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq)
         if not (PAIR_DIRECTIONS and _pair_worth(A.N, A.B, A.GH, A.inputs + A.Hout,
                                                 A.GH * A.Hout, A.split, True,
@@ -205,7 +205,7 @@ STACK_LAYERS = True
 cdef bint _seq1_cell(floating kind, FwdLoop *L):
     """Whether fr_seq1_forward runs this one-sequence layer on one thread (if up front)."""
     return (floating is float and L.npack != 0 and L.P == 0
-            and not (L.mode == GRU and not L.reset_after))
+            and L.cell != GRU_BEFORE)
 
 
 cdef struct FwdStack:
@@ -248,13 +248,13 @@ def forward_stack(int mode, bint reset_after, x, batch_sizes, layers):
         raise TypeError("layers must be a non-empty list of tuples "
                         "(w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)")
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
-        return _forward_stack(<float> 0, mode, reset_after, x, batch_sizes, layers)
+        return _forward_stack(<float> 0, _cell(mode, reset_after), x, batch_sizes, layers)
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
-        return _forward_stack(<double> 0, mode, reset_after, x, batch_sizes, layers)
+        return _forward_stack(<double> 0, _cell(mode, reset_after), x, batch_sizes, layers)
     raise TypeError("x must be a float32 or float64 array")
 
 
-cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_sizes,
+cdef object _forward_stack(floating kind, Cell cell, x, batch_sizes,
                            list layers):
     global _last_paired, _last_threads
     cdef Py_ssize_t n = len(layers), k, work = 0, chunk_steps
@@ -278,7 +278,7 @@ cdef object _forward_stack(floating kind, int mode, bint reset_after, x, batch_s
         for k in range(n):
             wi, wh, bi, bh, wr, h0, c0 = layers[k]
             with _naming(f"layer {k}"):
-                prepared = _fwd_prepare(kind, &Ls[k], mode, reset_after, False, False, inp,
+                prepared = _fwd_prepare(kind, &Ls[k], cell, False, False, inp,
                                         batch_sizes, wi, wh, bi, bh, wr, h0, c0)
             results.append(prepared[:3])
             inp = prepared[0]

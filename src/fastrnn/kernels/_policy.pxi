@@ -286,14 +286,14 @@ def _note_split_waits(long slept, Py_ssize_t steps):
         _split_paused_until = now + SPLIT_PAUSE_SECONDS
 
 
-cdef bint _split_units(Py_ssize_t B, Py_ssize_t npack, Py_ssize_t P, Py_ssize_t H, int mode,
-                       bint reset_after, Py_ssize_t whh) except -1:
+cdef bint _split_units(Py_ssize_t B, Py_ssize_t npack, Py_ssize_t P, Py_ssize_t H, Cell cell,
+                       Py_ssize_t whh) except -1:
     """Whether threads split the units of this call (forward_units, backward_units): one
     sequence whose step streams a large W_hh (whh weights) on the packed kernel, cells the
     split covers, as many whole panels for each of two threads, and no pause."""
     return (B == 1 and npack != 0 and P == 0 and H % (2 * fr_panel_width()) == 0
             and H >= SPLIT_UNITS_MIN_H
-            and not (mode == GRU and not reset_after)
+            and cell != GRU_BEFORE
             and whh >= SPLIT_UNITS_WORK and not split_paused())
 
 

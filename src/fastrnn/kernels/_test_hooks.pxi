@@ -50,13 +50,13 @@ def _kernel_cell(int mode, bint vector, long n, float[::1] a, const float[::1] g
     vector cell (vector) or _cellmath_rows.h's row. a holds the projection on entry and
     the activations on exit (the vector cell in inference: untouched); o the new state."""
     cdef long H = hp.shape[0]
-    if mode <= 1:
+    if mode <= MODE_RNN_RELU:
         if vector:
-            fr_rnn_row_v(mode == 1, n, &a[0], &gh[0], &bias[0], &o[0])
+            fr_rnn_row_v(mode == MODE_RNN_RELU, n, &a[0], &gh[0], &bias[0], &o[0])
         else:
-            rnn_row(mode == 1, n, &a[0], &gh[0], &bias[0])
+            rnn_row(mode == MODE_RNN_RELU, n, &a[0], &gh[0], &bias[0])
             o[:n] = a[:n]
-    elif mode == 2:
+    elif mode == MODE_LSTM:
         if vector:
             fr_lstm_row_v(H, n, &a[0], &gh[0], &bias[0], &a[0] if training else NULL, &c[0],
                           NULL, &o[0])
