@@ -113,142 +113,144 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
                            u0 // nr, u1 // nr)
 
 
-cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
-    """Thread tid's sequences of BPTT for one direction of one layer, then its share of
-    the merged GEMMs.
+# The steps of backward_loop, each inlined into it (called once; names for what they do).
 
-    pdh and pdc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit; pdg, php,
-    pdhp and pdm (B x H) are workspaces; dx and the weight gradients are overwritten, the
-    bias gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
-    """
-    cdef Cell cell = L.cell
-    cdef bint reverse = L.reverse
-    cdef Py_ssize_t T = L.T, N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
+cdef inline void bwd_pack_weights(Cell cell, bint pack_ih, Py_ssize_t I, Py_ssize_t H,
+                                  Py_ssize_t Hout, Py_ssize_t P, int tid, int nth,
+                                  floating *room, const floating *pwih, const floating *pwhh,
+                                  const floating *pwhr, floating **pk_hh, floating **pk_hn,
+                                  floating **pk_hr, floating **pk_ih,
+                                  floating **pk_ih2) noexcept nogil:
+    """This thread's share of packing the weights (op(W) = W: backward multiplies by W)
+    into room, in the order of _packed_sizes: W_hh's block that dGh multiplies, W_hn apart
+    (reset-before GRU), W_hr (P > 0), and for the merged dx GEMM W_ih (pack_ih; the
+    reset-after GRU's rows [0, 2H) and [2H, 3H) apart, as they meet dG blocks that are
+    not adjacent); then the threads meet, as each reads the panels of all."""
+    cdef Py_ssize_t GH = _gates(cell) * H
+    cdef Py_ssize_t K = 2 * H if cell == GRU_BEFORE else GH
+    cdef Py_ssize_t sizes[4]
+    _packed_sizes(True, cell, I, H, Hout, P, sizes)
+    pk_hh[0] = pack_weight(tid, nth, room, False, Hout, K, pwhh, Hout)
+    if cell == GRU_BEFORE:
+        pk_hn[0] = pack_weight(tid, nth, room + sizes[0], False, H, H, pwhh + 2 * H * Hout,
+                               Hout)
+    if P > 0:
+        pk_hr[0] = pack_weight(tid, nth, room + sizes[0] + sizes[1], False, H, P, pwhr, H)
+    if pack_ih:
+        pk_ih[0] = room + sizes[0] + sizes[1] + sizes[2]
+        if cell == GRU_AFTER:
+            pack_weight(tid, nth, pk_ih[0], False, I, 2 * H, pwih, I)
+            pk_ih2[0] = pack_weight(tid, nth, pk_ih[0] + fr_packed_size(I, 2 * H), False, I,
+                                    H, pwih + 2 * H * I, I)
+        else:
+            pack_weight(tid, nth, pk_ih[0], False, I, GH, pwih, I)
+    sync(tid, nth)
+
+
+cdef inline void bwd_step_dh(bint reverse, Py_ssize_t T, const Py_ssize_t *bs,
+                             const Py_ssize_t *off, Py_ssize_t t, Py_ssize_t n, Py_ssize_t r0,
+                             Py_ssize_t lo, Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P,
+                             const floating *pout, const floating *ph0,
+                             const floating *pdout, const floating *pk_hr,
+                             const floating *pwhr, floating *php, floating *pdh,
+                             floating *pseq, floating *pdhp, floating *pdm) noexcept nogil:
+    """dL/dh of the step's n rows (packed rows r0 + b, states lo + b): each row's h_{t-1}
+    kept for dW_hh (php), dout added to the carried dh, which is kept for dh_seq (pseq)
+    and, with the LSTM projection, for dW_hr (pdhp) and taken back through it:
+    dm = dh @ W_hr."""
+    cdef Py_ssize_t b, row, pr
+    for b in range(n):
+        row = r0 + b
+        pr = prev_row(reverse, T, bs, off, t, lo + b)
+        memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + (lo + b) * Hout),
+               Hout * sizeof(floating))
+        add_rows(1, Hout, pdh + (lo + b) * Hout, pdout + row * Hout)
+    if pseq != NULL:
+        memcpy(pseq + r0 * Hout, pdh + lo * Hout, n * Hout * sizeof(floating))
+    if P > 0:
+        # dW_hr needs every step's dh: keep them, take the GEMM after the loop
+        memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
+        step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
+                  <int> H, False, pdm + lo * H, <int> H)
+
+
+cdef inline void bwd_cell_rows(Cell cell, bint reverse, Py_ssize_t T, const Py_ssize_t *bs,
+                               const Py_ssize_t *off, Py_ssize_t t, Py_ssize_t n,
+                               Py_ssize_t r0, Py_ssize_t lo, Py_ssize_t H, Py_ssize_t Hout,
+                               Py_ssize_t P, Py_ssize_t SH, Py_ssize_t SD,
+                               const floating *pgates, const floating *pcs,
+                               const floating *pc0, const floating *pout,
+                               const floating *php, const floating *pdm, floating *pdh,
+                               floating *pdc, floating *pdg) noexcept nogil:
+    """The cell's derivatives of each of the step's n rows: dG (the reset-before GRU's
+    first part: dz, dn and the direct path to h_prev), and the LSTM's dc."""
+    cdef Py_ssize_t b, row, pr
+    cdef const floating *cprev
+    cdef const floating *dmrow
+    for b in range(n):
+        row = r0 + b
+        if cell == LSTM:
+            pr = prev_row(reverse, T, bs, off, t, lo + b)
+            cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
+            dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
+            lstm_drow(H, H, pgates + row * SH, pcs + row * H, cprev, dmrow,
+                      pdc + (lo + b) * H, pdg + row * SD)
+        elif cell == GRU_AFTER:
+            gru_after_drow(H, H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
+                           pdg + row * SD)
+        elif cell == GRU_BEFORE:
+            gru_before_drow1(H, pgates + row * SH, php + row * Hout,
+                             pdh + (lo + b) * Hout, pdg + row * SD)
+        else:
+            rnn_drow(cell == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
+                     pdg + row * SD)
+
+
+cdef inline void bwd_gru_before_reset(Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t SH,
+                                      Py_ssize_t SD, Py_ssize_t n, Py_ssize_t r0,
+                                      Py_ssize_t lo, const floating *pgates,
+                                      const floating *php, const floating *pk_hn,
+                                      const floating *pwhh, floating *pdm, floating *pdh,
+                                      floating *pdg) noexcept nogil:
+    """The reset-before GRU's second part: d(rh) = dn @ W_hn, then dr and the r * d(rh)
+    path to h_prev."""
+    cdef Py_ssize_t b, row
+    step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
+              False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
+    for b in range(n):
+        row = r0 + b
+        gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
+                         pdh + (lo + b) * Hout, pdg + row * SD)
+
+
+cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floating *pk_ih,
+                                  const floating *pk_ih2, floating *bpack) noexcept nogil:
+    """This thread's share of the merged GEMMs over all timesteps, each split by its output
+    rows (or columns for the sums), so they need no barrier between them: dW_ih, dx, the
+    bias gradients, dW_hh (the reset-before GRU's W_hn block apart) and dW_hr. dGx
+    columns: [0, GH) except for the reset-after GRU, where the n block of dGx is column
+    block 3 of dG. On threads, the packed kernel takes them (BLAS would pack its operands
+    again in every thread)."""
+    cdef Py_ssize_t N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
     cdef Py_ssize_t SH = L.SH, SD = L.SD
-    cdef const Py_ssize_t *bs = L.bs
-    cdef const Py_ssize_t *off = L.off
+    cdef Py_ssize_t GH = _gates(L.cell) * H
+    cdef bint gru_after = L.cell == GRU_AFTER
+    cdef bint gru_before = L.cell == GRU_BEFORE
+    cdef Py_ssize_t K = 2 * H if gru_before else GH  # the width of dGh
     cdef const floating *px = <const floating *> L.px
-    cdef const floating *ph0 = <const floating *> L.ph0
-    cdef const floating *pc0 = <const floating *> L.pc0
     cdef const floating *pwih = <const floating *> L.pwih
-    cdef const floating *pwhh = <const floating *> L.pwhh
-    cdef const floating *pwhr = <const floating *> L.pwhr
-    cdef const floating *pout = <const floating *> L.pout
     cdef const floating *pgates = <const floating *> L.pgates
-    cdef const floating *pcs = <const floating *> L.pcs
     cdef const floating *pms = <const floating *> L.pms
-    cdef const floating *pdout = <const floating *> L.pdout
-    cdef floating *pdh = <floating *> L.pdh
-    cdef floating *pdc = <floating *> L.pdc
-    cdef floating *pdg = <floating *> L.pdg
-    cdef floating *php = <floating *> L.php
-    cdef floating *pdhp = <floating *> L.pdhp
-    cdef floating *pdm = <floating *> L.pdm
-    cdef floating *pseq = <floating *> L.pseq
+    cdef const floating *pdg = <const floating *> L.pdg
+    cdef const floating *php = <const floating *> L.php
+    cdef const floating *pdhp = <const floating *> L.pdhp
     cdef floating *pdx = <floating *> L.pdx
     cdef floating *pdwih = <floating *> L.pdwih
     cdef floating *pdwhh = <floating *> L.pdwhh
     cdef floating *pdbih = <floating *> L.pdbih
     cdef floating *pdbhh = <floating *> L.pdbhh
     cdef floating *pdwhr = <floating *> L.pdwhr
-    cdef floating *ppk = <floating *> L.ppk
-
-    cdef Py_ssize_t G = _gates(cell)
-    cdef Py_ssize_t GH = G * H
-    cdef bint gru_after = cell == GRU_AFTER
-    cdef bint gru_before = cell == GRU_BEFORE
-    cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
-    cdef Py_ssize_t s, t, n, r0, b, pr, row
-    cdef const floating *cprev
-    cdef const floating *dmrow
-    # K: width of dGh, the block that multiplies W_hh (all of it but for reset-before GRU)
-    cdef Py_ssize_t K = 2 * H if gru_before else GH
-    cdef Py_ssize_t sizes[4]
-    cdef floating *pk_hh = NULL
-    cdef floating *pk_hn = NULL
-    cdef floating *pk_hr = NULL
-    cdef floating *pk_ih = NULL
-    cdef floating *pk_ih2 = NULL
-    cdef floating *bpack = NULL
     cdef long lo_c, hi_c
-    if ppk != NULL:
-        _packed_sizes(True, cell, I, H, Hout, P, sizes)
-        pk_hh = pack_weight(tid, nth, ppk, False, Hout, K, pwhh, Hout)
-        if gru_before:
-            pk_hn = pack_weight(tid, nth, ppk + sizes[0], False, H, H, pwhh + 2 * H * Hout,
-                                Hout)
-        if P > 0:
-            pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], False, H, P, pwhr, H)
-        if L.pbpack != NULL:
-            bpack = <floating *> L.pbpack + tid * L.bpack_floats
-            pk_ih = ppk + sizes[0] + sizes[1] + sizes[2]
-            if gru_after:
-                pack_weight(tid, nth, pk_ih, False, I, 2 * H, pwih, I)
-                pk_ih2 = pack_weight(tid, nth, pk_ih + fr_packed_size(I, 2 * H), False, I, H,
-                                     pwih + 2 * H * I, I)
-            else:
-                pack_weight(tid, nth, pk_ih, False, I, GH, pwih, I)
-        sync(tid, nth)
-    if L.split:
-        backward_units(kind, L, tid, nth, pk_hh)
-    else:
-        for s in range(T - 1, -1, -1):
-            if fr_stop_before(L.stop, T - 1 - s, 0):
-                break
-            t = step_time(reverse, T, s)
-            r0 = off[t] + lo  # from here rows and states are counted from sequence lo
-            n = min(bs[t], hi) - lo
-            if n <= 0:
-                continue
-            for b in range(n):
-                row = r0 + b
-                pr = prev_row(reverse, T, bs, off, t, lo + b)
-                memcpy(php + row * Hout, (pout + pr * Hout) if pr >= 0 else (ph0 + (lo + b) * Hout),
-                       Hout * sizeof(floating))
-                add_rows(1, Hout, pdh + (lo + b) * Hout, pdout + row * Hout)
-            if pseq != NULL:
-                memcpy(pseq + r0 * Hout, pdh + lo * Hout, n * Hout * sizeof(floating))
-            if P > 0:
-                # dW_hr needs every step's dh: keep them, take the GEMM after the loop
-                memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
-                step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
-                          <int> H, False, pdm + lo * H, <int> H)
-            for b in range(n):
-                row = r0 + b
-                if cell == LSTM:
-                    pr = prev_row(reverse, T, bs, off, t, lo + b)
-                    cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
-                    dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
-                    lstm_drow(H, H, pgates + row * SH, pcs + row * H, cprev, dmrow,
-                              pdc + (lo + b) * H, pdg + row * SD)
-                elif gru_after:
-                    gru_after_drow(H, H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
-                                   pdg + row * SD)
-                elif gru_before:
-                    gru_before_drow1(H, pgates + row * SH, php + row * Hout,
-                                     pdh + (lo + b) * Hout, pdg + row * SD)
-                else:
-                    rnn_drow(cell == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
-                             pdg + row * SD)
-            if gru_before:
-                # d(rh) = dn @ W_hn, then dr and the r * d(rh) path to h_prev
-                step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
-                          False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
-                for b in range(n):
-                    row = r0 + b
-                    gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
-                                     pdh + (lo + b) * Hout, pdg + row * SD)
-            # dh_{t-1} = direct part (GRU) + dGh @ W_hh
-            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
-                      pwhh, <int> Hout, gru_after or gru_before, pdh + lo * Hout, <int> Hout)
-    sync(tid, nth)
-    if L.stop != NULL and L.stop[0] != LONG_MAX:
-        return  # stopped: the word is final here (no thread polls past the loop)
-
-    # Merged GEMMs over all timesteps, each split by its output rows (or columns for the
-    # sums), so they need no barrier between them. dGx columns: [0, GH) except for the
-    # reset-after GRU, where the n block of dGx is column block 3 of dG. On threads, the
-    # packed kernel takes them (BLAS would pack its operands again in every thread).
     if gru_after:
         merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> SD, px, <int> I,
                   pdwih, <int> I, bpack, L.stop)
@@ -282,6 +284,82 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     if P > 0:
         merged_tn(tid, nth, <int> P, <int> H, <int> N, pdhp, <int> P, pms, <int> H, pdwhr,
                   <int> H, bpack, L.stop)
+
+
+cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
+    """Thread tid's sequences of BPTT for one direction of one layer, then its share of
+    the merged GEMMs.
+
+    pdh and pdc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on exit; pdg, php,
+    pdhp and pdm (B x H) are workspaces; dx and the weight gradients are overwritten, the
+    bias gradients must be zero on entry; pseq, if not NULL, receives every step's dL/dh_t.
+    """
+    cdef Cell cell = L.cell
+    cdef bint reverse = L.reverse
+    cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
+    cdef Py_ssize_t SH = L.SH, SD = L.SD
+    cdef const Py_ssize_t *bs = L.bs
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *ph0 = <const floating *> L.ph0
+    cdef const floating *pc0 = <const floating *> L.pc0
+    cdef const floating *pwih = <const floating *> L.pwih
+    cdef const floating *pwhh = <const floating *> L.pwhh
+    cdef const floating *pwhr = <const floating *> L.pwhr
+    cdef const floating *pout = <const floating *> L.pout
+    cdef const floating *pgates = <const floating *> L.pgates
+    cdef const floating *pcs = <const floating *> L.pcs
+    cdef const floating *pdout = <const floating *> L.pdout
+    cdef floating *pdh = <floating *> L.pdh
+    cdef floating *pdc = <floating *> L.pdc
+    cdef floating *pdg = <floating *> L.pdg
+    cdef floating *php = <floating *> L.php
+    cdef floating *pdhp = <floating *> L.pdhp
+    cdef floating *pdm = <floating *> L.pdm
+    cdef floating *pseq = <floating *> L.pseq
+    cdef floating *ppk = <floating *> L.ppk
+
+    cdef Py_ssize_t GH = _gates(cell) * H
+    cdef bint gru_before = cell == GRU_BEFORE
+    # K: width of dGh, the block that multiplies W_hh (all of it but for reset-before GRU)
+    cdef Py_ssize_t K = 2 * H if gru_before else GH
+    cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
+    cdef Py_ssize_t s, t, n, r0
+    cdef floating *pk_hh = NULL
+    cdef floating *pk_hn = NULL
+    cdef floating *pk_hr = NULL
+    cdef floating *pk_ih = NULL
+    cdef floating *pk_ih2 = NULL
+    cdef floating *bpack = NULL
+    if ppk != NULL:
+        if L.pbpack != NULL:
+            bpack = <floating *> L.pbpack + tid * L.bpack_floats
+        bwd_pack_weights(cell, L.pbpack != NULL, I, H, Hout, P, tid, nth, ppk, pwih, pwhh,
+                         pwhr, &pk_hh, &pk_hn, &pk_hr, &pk_ih, &pk_ih2)
+    if L.split:
+        backward_units(kind, L, tid, nth, pk_hh)
+    else:
+        for s in range(T - 1, -1, -1):
+            if fr_stop_before(L.stop, T - 1 - s, 0):
+                break
+            t = step_time(reverse, T, s)
+            r0 = off[t] + lo  # from here rows and states are counted from sequence lo
+            n = min(bs[t], hi) - lo
+            if n <= 0:
+                continue
+            bwd_step_dh(reverse, T, bs, off, t, n, r0, lo, H, Hout, P, pout, ph0, pdout, pk_hr,
+                        pwhr, php, pdh, pseq, pdhp, pdm)
+            bwd_cell_rows(cell, reverse, T, bs, off, t, n, r0, lo, H, Hout, P, SH, SD, pgates,
+                          pcs, pc0, pout, php, pdm, pdh, pdc, pdg)
+            if gru_before:
+                bwd_gru_before_reset(H, Hout, SH, SD, n, r0, lo, pgates, php, pk_hn, pwhh, pdm,
+                                     pdh, pdg)
+            # dh_{t-1} = direct part (GRU) + dGh @ W_hh
+            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
+                      pwhh, <int> Hout, _is_gru(cell), pdh + lo * Hout, <int> Hout)
+    sync(tid, nth)
+    if L.stop != NULL and L.stop[0] != LONG_MAX:
+        return  # stopped: the word is final here (no thread polls past the loop)
+    bwd_merged_gemms(L, tid, nth, pk_ih, pk_ih2, bpack)
 
 
 cdef void backward_task_f(void *ctx, int tid, int nth) noexcept nogil:

@@ -84,6 +84,144 @@ cdef inline void gru_cell(bint vec, bint training, Py_ssize_t H, Py_ssize_t n, f
     gru_after_row(H, n, a, gh, b, bhn, hp, o)
 
 
+# The steps of forward_loop, each inlined into it (called once; names for what they do).
+
+cdef inline void fwd_pack_weights(Cell cell, bint pack_ih, Py_ssize_t I, Py_ssize_t H,
+                                  Py_ssize_t Hout, Py_ssize_t P, int tid, int nth,
+                                  floating *room, const floating *pwih, const floating *pwhh,
+                                  const floating *pwhr, floating **pk_hh, floating **pk_hn,
+                                  floating **pk_hr, floating **pk_ih) noexcept nogil:
+    """This thread's share of packing the weights of the step GEMMs (op(W) = W^T) into
+    room, in the order of _packed_sizes: W_hh (for the reset-before GRU its r and z rows,
+    and W_hn apart), W_hr (P > 0) and W_ih (pack_ih); then the threads meet, as each reads
+    the panels of all."""
+    cdef Py_ssize_t GH = _gates(cell) * H
+    cdef bint gru_before = cell == GRU_BEFORE
+    cdef Py_ssize_t sizes[4]
+    _packed_sizes(False, cell, I, H, Hout, P, sizes)
+    pk_hh[0] = pack_weight(tid, nth, room, True, 2 * H if gru_before else GH, Hout, pwhh,
+                           Hout)
+    if gru_before:
+        pk_hn[0] = pack_weight(tid, nth, room + sizes[0], True, H, H, pwhh + 2 * H * Hout,
+                               Hout)
+    if P > 0:
+        pk_hr[0] = pack_weight(tid, nth, room + sizes[0] + sizes[1], True, P, H, pwhr, H)
+    if pack_ih:
+        pk_ih[0] = pack_weight(tid, nth, room + sizes[0] + sizes[1] + sizes[2], True, GH, I,
+                               pwih, I)
+    sync(tid, nth)
+
+
+cdef inline Py_ssize_t fwd_project_chunk(bint reverse, Py_ssize_t T, const Py_ssize_t *bs,
+                                         const Py_ssize_t *off, Py_ssize_t lo, Py_ssize_t hi,
+                                         Py_ssize_t s, Py_ssize_t n, Py_ssize_t chunk_rows,
+                                         Py_ssize_t I, Py_ssize_t GH, Py_ssize_t SH,
+                                         const floating *px, const floating *pwih,
+                                         const floating *pk_ih, floating *pgates,
+                                         floating *pxg, int *wait_on, int *sleepers,
+                                         Py_ssize_t *row_base) noexcept nogil:
+    """Project the inputs of the run of steps from s (n of this thread's rows at s, about
+    chunk_rows in all) into pgates in one GEMM, and return the step after the run. With
+    one thread (pxg NULL) they are one block of x, from row *row_base (in the reverse
+    order when reverse); else this thread's rows are gathered into pxg in visiting order."""
+    cdef Py_ssize_t s_end = s + 1, rows = n, u, j, b
+    while s_end < T:
+        u = step_time(reverse, T, s_end)
+        j = min(bs[u], hi) - lo
+        if j <= 0 or rows + j > chunk_rows:
+            break
+        rows += j
+        s_end += 1
+    if wait_on != NULL:
+        # the layer below, on another thread, has computed these rows of x
+        fr_wait_at_least(wait_on, <int> s_end, sleepers)
+    if pxg == NULL:
+        # one thread: packed W_ih (if packed) or BLAS
+        row_base[0] = off[T - s_end] if reverse else off[s]
+        step_gemm(pk_ih, <int> rows, <int> GH, <int> I, px + row_base[0] * I,
+                  <int> I, True, pwih, <int> I, False, pgates, <int> SH)
+    else:
+        j = 0
+        for u in range(s, s_end):
+            b = min(bs[step_time(reverse, T, u)], hi) - lo
+            memcpy(pxg + j * I, px + (off[step_time(reverse, T, u)] + lo) * I,
+                   b * I * sizeof(floating))
+            j += b
+        gemm(False, True, <int> rows, <int> GH, <int> I, <floating> 1, pxg,
+             <int> I, pwih, <int> I, <floating> 0, pgates, <int> SH)
+    return s_end
+
+
+cdef inline void fwd_step_gru_before(Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t SH,
+                                     Py_ssize_t GH, Py_ssize_t n, Py_ssize_t row0,
+                                     floating *a, floating *hp, floating *gh,
+                                     const floating *pb, const floating *pk_hh,
+                                     const floating *pk_hn, const floating *pwhh,
+                                     floating *pout) noexcept nogil:
+    """One step of the reset-before GRU for n rows (packed row row0 on, states hp, their
+    projections a, recurrent products gh): r and z first; n needs W_hn (r * h), a second
+    GEMM on the critical path."""
+    cdef Py_ssize_t b
+    step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, hp, <int> Hout, True, pwhh,
+              <int> Hout, False, gh, <int> GH)
+    for b in range(n):
+        gru_before_gates(H, a + b * SH, gh + b * GH, pb, hp + b * Hout)
+    step_gemm(pk_hn, <int> n, <int> H, <int> H, a + 3 * H, <int> SH, True,
+              pwhh + 2 * H * Hout, <int> Hout, False, gh + 2 * H, <int> GH)
+    for b in range(n):
+        gru_before_out(H, a + b * SH, gh + b * GH + 2 * H, pb,
+                       hp + b * Hout, pout + (row0 + b) * Hout)
+        memcpy(hp + b * Hout, pout + (row0 + b) * Hout, H * sizeof(floating))
+
+
+cdef inline void fwd_cell_rows(Cell cell, bint vec, bint training, bint in_out, Py_ssize_t H,
+                               Py_ssize_t Hout, Py_ssize_t P, Py_ssize_t SH, Py_ssize_t GH,
+                               Py_ssize_t n, Py_ssize_t r0, Py_ssize_t lo, floating *a,
+                               floating *hp, const floating *pgh, const floating *pb,
+                               const floating *pbhn, floating *pc, floating *pcs,
+                               floating *pms, floating *pout) noexcept nogil:
+    """The cell of each of the step's n rows (the step's rows r0 + lo + b, states lo + b),
+    after h @ W_hh^T: the output row, the new state (but the LSTM projection's, made
+    after) and, when training, the saved cell state."""
+    cdef Py_ssize_t b
+    cdef floating *arow
+    cdef floating *m
+    for b in range(n):
+        arow = a + b * SH
+        if cell == LSTM:
+            if P > 0:
+                m = pms + ((r0 + lo + b) if training else (lo + b)) * H
+            else:
+                m = pout + (r0 + lo + b) * Hout
+            lstm_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb,
+                      pc + (lo + b) * H, m)
+            if training:
+                memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
+            if P == 0:
+                memcpy(hp + b * Hout, m, H * sizeof(floating))
+        elif cell == GRU_AFTER:
+            gru_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pbhn,
+                     hp + b * Hout, pout + (r0 + lo + b) * Hout)
+            memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
+        else:
+            rnn_cell(vec, cell == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
+            if not in_out:  # else a is the output row itself
+                memcpy(pout + (r0 + lo + b) * Hout, arow, H * sizeof(floating))
+            memcpy(hp + b * Hout, arow, H * sizeof(floating))
+
+
+cdef inline void fwd_lstm_projection(bint training, Py_ssize_t H, Py_ssize_t P, Py_ssize_t n,
+                                     Py_ssize_t r0, Py_ssize_t lo, floating *pms,
+                                     const floating *pk_hr, const floating *pwhr,
+                                     floating *hp, floating *pout) noexcept nogil:
+    """h = m @ W_hr^T for the step's n active rows, straight into the carried state, and
+    into the output."""
+    cdef floating *m = pms + ((r0 + lo) if training else lo) * H
+    step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
+              False, hp, <int> P)
+    memcpy(pout + (r0 + lo) * P, hp, n * P * sizeof(floating))
+
+
 cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept nogil:
     """Thread tid's sequences of one direction of one layer over a packed batch.
 
@@ -120,29 +258,16 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     cdef Py_ssize_t GH = G * H
     cdef bint gru_before = cell == GRU_BEFORE
     cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
-    cdef Py_ssize_t s, s_end, t, u, n, r0, b, j, rows, pos = 0, row_base = 0, chunk_end = 0
+    cdef Py_ssize_t s, t, n, r0, pos = 0, row_base = 0, chunk_end = 0
     cdef floating *a
-    cdef floating *arow
-    cdef floating *m
     cdef floating *hp
-    cdef Py_ssize_t sizes[4]
     cdef floating *pk_hh = NULL
     cdef floating *pk_hn = NULL
     cdef floating *pk_hr = NULL
     cdef floating *pk_ih = NULL
     if ppk != NULL:
-        _packed_sizes(False, cell, I, H, Hout, P, sizes)
-        pk_hh = pack_weight(tid, nth, ppk, True, 2 * H if gru_before else GH, Hout, pwhh,
-                            Hout)
-        if gru_before:
-            pk_hn = pack_weight(tid, nth, ppk + sizes[0], True, H, H, pwhh + 2 * H * Hout,
-                                Hout)
-        if P > 0:
-            pk_hr = pack_weight(tid, nth, ppk + sizes[0] + sizes[1], True, P, H, pwhr, H)
-        if L.pack_ih:
-            pk_ih = pack_weight(tid, nth, ppk + sizes[0] + sizes[1] + sizes[2], True, GH, I,
-                                pwih, I)
-        sync(tid, nth)
+        fwd_pack_weights(cell, L.pack_ih, I, H, Hout, P, tid, nth, ppk, pwih, pwhh, pwhr,
+                         &pk_hh, &pk_hn, &pk_hr, &pk_ih)
     # (a one-sequence layer of a stack projects its chunks inside fr_seq1_forward as they
     # come, and the first layer's rows may be projected already: forward_stack_loop)
     cdef bint upfront = (training or L.upfront) and not L.fuse and L.wait_on == NULL
@@ -198,37 +323,10 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
                       pwih, <int> I, False, a, <int> SH)
         else:
             if s == chunk_end:
-                # Project the inputs of the next run of steps, about chunk_rows rows, in
-                # one GEMM. With one thread they are one block of x (in the reverse order
-                # when reverse); else this thread's rows are gathered in visiting order.
-                s_end = s + 1
-                rows = n
-                while s_end < T:
-                    u = step_time(reverse, T, s_end)
-                    j = min(bs[u], hi) - lo
-                    if j <= 0 or rows + j > chunk_rows:
-                        break
-                    rows += j
-                    s_end += 1
-                if L.wait_on != NULL:
-                    # the layer below, on another thread, has computed these rows of x
-                    fr_wait_at_least(L.wait_on, <int> s_end, L.sleepers)
-                if pxg == NULL:
-                    # one thread: packed W_ih (if packed) or BLAS
-                    row_base = off[T - s_end] if reverse else off[s]
-                    step_gemm(pk_ih, <int> rows, <int> GH, <int> I, px + row_base * I,
-                              <int> I, True, pwih, <int> I, False, pgates, <int> SH)
-                else:
-                    j = 0
-                    for u in range(s, s_end):
-                        b = min(bs[step_time(reverse, T, u)], hi) - lo
-                        memcpy(pxg + j * I, px + (off[step_time(reverse, T, u)] + lo) * I,
-                               b * I * sizeof(floating))
-                        j += b
-                    gemm(False, True, <int> rows, <int> GH, <int> I, <floating> 1, pxg,
-                         <int> I, pwih, <int> I, <floating> 0, pgates, <int> SH)
                 pos = 0
-                chunk_end = s_end
+                chunk_end = fwd_project_chunk(reverse, T, bs, off, lo, hi, s, n, chunk_rows, I,
+                                              GH, SH, px, pwih, pk_ih, pgates, pxg, L.wait_on,
+                                              L.sleepers, &row_base)
             if pxg == NULL:
                 a = pgates + (r0 - row_base) * SH
             else:
@@ -237,48 +335,15 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
         # from here rows are counted from lo: row b of this step is a + b * SH, state lo + b
         hp = ph + lo * Hout
         if gru_before:
-            # r and z first; n needs W_hn (r * h), a second GEMM on the critical path.
-            step_gemm(pk_hh, <int> n, <int> (2 * H), <int> Hout, hp, <int> Hout, True, pwhh,
-                      <int> Hout, False, pgh + lo * GH, <int> GH)
-            for b in range(n):
-                gru_before_gates(H, a + b * SH, pgh + (lo + b) * GH, pb, hp + b * Hout)
-            step_gemm(pk_hn, <int> n, <int> H, <int> H, a + 3 * H, <int> SH, True,
-                      pwhh + 2 * H * Hout, <int> Hout, False, pgh + lo * GH + 2 * H, <int> GH)
-            for b in range(n):
-                gru_before_out(H, a + b * SH, pgh + (lo + b) * GH + 2 * H, pb,
-                               hp + b * Hout, pout + (r0 + lo + b) * Hout)
-                memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
+            fwd_step_gru_before(H, Hout, SH, GH, n, r0 + lo, a, hp, pgh + lo * GH, pb, pk_hh,
+                                pk_hn, pwhh, pout)
             continue
         step_gemm(pk_hh, <int> n, <int> GH, <int> Hout, hp, <int> Hout, True, pwhh,
                   <int> Hout, False, pgh + lo * GH, <int> GH)
-        for b in range(n):
-            arow = a + b * SH
-            if cell == LSTM:
-                if P > 0:
-                    m = pms + ((r0 + lo + b) if training else (lo + b)) * H
-                else:
-                    m = pout + (r0 + lo + b) * Hout
-                lstm_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb,
-                          pc + (lo + b) * H, m)
-                if training:
-                    memcpy(pcs + (r0 + lo + b) * H, pc + (lo + b) * H, H * sizeof(floating))
-                if P == 0:
-                    memcpy(hp + b * Hout, m, H * sizeof(floating))
-            elif cell == GRU_AFTER:
-                gru_cell(vec, training, H, H, arow, pgh + (lo + b) * GH, pb, pbhn,
-                         hp + b * Hout, pout + (r0 + lo + b) * Hout)
-                memcpy(hp + b * Hout, pout + (r0 + lo + b) * Hout, H * sizeof(floating))
-            else:
-                rnn_cell(vec, cell == RNN_RELU, H, arow, pgh + (lo + b) * GH, pb)
-                if not in_out:  # else a is the output row itself
-                    memcpy(pout + (r0 + lo + b) * Hout, arow, H * sizeof(floating))
-                memcpy(hp + b * Hout, arow, H * sizeof(floating))
+        fwd_cell_rows(cell, vec, training, in_out, H, Hout, P, SH, GH, n, r0, lo, a, hp, pgh,
+                      pb, pbhn, pc, pcs, pms, pout)
         if P > 0:
-            # h = m @ W_hr^T for the active rows, straight into the carried state
-            m = pms + ((r0 + lo) if training else lo) * H
-            step_gemm(pk_hr, <int> n, <int> P, <int> H, m, <int> H, True, pwhr, <int> H,
-                      False, hp, <int> P)
-            memcpy(pout + (r0 + lo) * P, hp, n * P * sizeof(floating))
+            fwd_lstm_projection(training, H, P, n, r0, lo, pms, pk_hr, pwhr, hp, pout)
 
 
 cdef void project_rows(floating *kind, FwdLoop *L, floating *pk_ih, int tid,
