@@ -20,7 +20,9 @@ cdef Py_ssize_t _row_stride(Py_ssize_t width) noexcept nogil:
 cdef struct BwdLoop:
     Cell cell
     int reverse, split
-    Py_ssize_t T, N, inputs, H, Hout, P, SH, SD
+    Py_ssize_t T, N, inputs, H, Hout, P, ld_gates, ld_dg
+    # (ld_gates: the row stride of the saved activations, S*H; ld_dg: that of dG, padded
+    # by _row_stride)
     const Py_ssize_t *bs
     const Py_ssize_t *off
     Py_ssize_t seqs[FR_MAX_THREADS_1]  # thread k runs sequences seqs[k] <= b < seqs[k + 1]
@@ -51,14 +53,14 @@ cdef struct BwdLoop:
     void *pdbih
     void *pdbhh
     void *pdwhr
-    void *ppk
+    void *ppacked
     void *pbpack  # per thread bpack_floats for fr_gemm_tn, or NULL: BLAS
     Py_ssize_t bpack_floats
     volatile long *stop  # the call's stop word (_stop.h), or NULL
 
 
 cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
-                         floating *pk_hh) noexcept nogil:
+                         floating *packed_hh) noexcept nogil:
     """BPTT of one sequence (B = 1) on threads that split its hidden units, as
     forward_units: thread tid takes the cells of units [u0, u1), which give their columns
     of every gate of dG; all meet at a barrier, then each computes its units of
@@ -67,7 +69,7 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
     no reset-before GRU; the merged GEMMs follow in backward_loop."""
     cdef Cell cell = L.cell
     cdef bint reverse = L.reverse
-    cdef Py_ssize_t T = L.T, H = L.H, SH = L.SH, SD = L.SD
+    cdef Py_ssize_t T = L.T, H = L.H, ld_gates = L.ld_gates, ld_dg = L.ld_dg
     cdef Py_ssize_t G = _gates(cell)
     cdef const Py_ssize_t *off = L.off
     cdef const floating *ph0 = <const floating *> L.ph0
@@ -100,17 +102,17 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
                 memcpy(pseq + row * H + u0, pdh + u0, nu * sizeof(floating))
             if cell == LSTM:
                 cprev = (pcs + prow * H) if prow >= 0 else pc0
-                lstm_drow(H, nu, pgates + row * SH + u0, pcs + row * H + u0, cprev + u0,
-                          pdh + u0, pdc + u0, pdg + row * SD + u0)
+                lstm_drow(H, nu, pgates + row * ld_gates + u0, pcs + row * H + u0, cprev + u0,
+                          pdh + u0, pdc + u0, pdg + row * ld_dg + u0)
             elif cell == GRU_AFTER:
-                gru_after_drow(H, nu, pgates + row * SH + u0, php + row * H + u0, pdh + u0,
-                               pdg + row * SD + u0)
+                gru_after_drow(H, nu, pgates + row * ld_gates + u0, php + row * H + u0, pdh + u0,
+                               pdg + row * ld_dg + u0)
             else:
                 rnn_drow(cell == RNN_RELU, nu, pout + row * H + u0, pdh + u0,
-                         pdg + row * SD + u0)
+                         pdg + row * ld_dg + u0)
             sync(tid, nth)
-            fr_gemm_panels(1, H, G * H, pdg + row * SD, SD, pk_hh, pdh, H, cell == GRU_AFTER,
-                           u0 // nr, u1 // nr)
+            fr_gemm_panels(1, H, G * H, pdg + row * ld_dg, ld_dg, packed_hh, pdh, H,
+                           cell == GRU_AFTER, u0 // nr, u1 // nr)
 
 
 # The steps of backward_loop, each inlined into it (called once; names for what they do).
@@ -118,9 +120,9 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
 cdef inline void bwd_pack_weights(Cell cell, bint pack_ih, Py_ssize_t I, Py_ssize_t H,
                                   Py_ssize_t Hout, Py_ssize_t P, int tid, int nth,
                                   floating *room, const floating *pwih, const floating *pwhh,
-                                  const floating *pwhr, floating **pk_hh, floating **pk_hn,
-                                  floating **pk_hr, floating **pk_ih,
-                                  floating **pk_ih2) noexcept nogil:
+                                  const floating *pwhr, floating **packed_hh, floating **packed_hn,
+                                  floating **packed_hr, floating **packed_ih,
+                                  floating **packed_ih_n) noexcept nogil:
     """This thread's share of packing the weights (op(W) = W: backward multiplies by W)
     into room, in the order of _packed_sizes: W_hh's block that dGh multiplies, W_hn apart
     (reset-before GRU), W_hr (P > 0), and for the merged dx GEMM W_ih (pack_ih; the
@@ -130,20 +132,20 @@ cdef inline void bwd_pack_weights(Cell cell, bint pack_ih, Py_ssize_t I, Py_ssiz
     cdef Py_ssize_t K = 2 * H if cell == GRU_BEFORE else GH
     cdef Py_ssize_t sizes[4]
     _packed_sizes(True, cell, I, H, Hout, P, sizes)
-    pk_hh[0] = pack_weight(tid, nth, room, False, Hout, K, pwhh, Hout)
+    packed_hh[0] = pack_weight(tid, nth, room, False, Hout, K, pwhh, Hout)
     if cell == GRU_BEFORE:
-        pk_hn[0] = pack_weight(tid, nth, room + sizes[0], False, H, H, pwhh + 2 * H * Hout,
+        packed_hn[0] = pack_weight(tid, nth, room + sizes[0], False, H, H, pwhh + 2 * H * Hout,
                                Hout)
     if P > 0:
-        pk_hr[0] = pack_weight(tid, nth, room + sizes[0] + sizes[1], False, H, P, pwhr, H)
+        packed_hr[0] = pack_weight(tid, nth, room + sizes[0] + sizes[1], False, H, P, pwhr, H)
     if pack_ih:
-        pk_ih[0] = room + sizes[0] + sizes[1] + sizes[2]
+        packed_ih[0] = room + sizes[0] + sizes[1] + sizes[2]
         if cell == GRU_AFTER:
-            pack_weight(tid, nth, pk_ih[0], False, I, 2 * H, pwih, I)
-            pk_ih2[0] = pack_weight(tid, nth, pk_ih[0] + fr_packed_size(I, 2 * H), False, I,
-                                    H, pwih + 2 * H * I, I)
+            pack_weight(tid, nth, packed_ih[0], False, I, 2 * H, pwih, I)
+            packed_ih_n[0] = pack_weight(tid, nth, packed_ih[0] + fr_packed_size(I, 2 * H),
+                                         False, I, H, pwih + 2 * H * I, I)
         else:
-            pack_weight(tid, nth, pk_ih[0], False, I, GH, pwih, I)
+            pack_weight(tid, nth, packed_ih[0], False, I, GH, pwih, I)
     sync(tid, nth)
 
 
@@ -151,7 +153,7 @@ cdef inline void bwd_step_dh(bint reverse, Py_ssize_t T, const Py_ssize_t *bs,
                              const Py_ssize_t *off, Py_ssize_t t, Py_ssize_t n, Py_ssize_t r0,
                              Py_ssize_t lo, Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t P,
                              const floating *pout, const floating *ph0,
-                             const floating *pdout, const floating *pk_hr,
+                             const floating *pdout, const floating *packed_hr,
                              const floating *pwhr, floating *php, floating *pdh,
                              floating *pseq, floating *pdhp, floating *pdm) noexcept nogil:
     """dL/dh of the step's n rows (packed rows r0 + b, states lo + b): each row's h_{t-1}
@@ -170,14 +172,14 @@ cdef inline void bwd_step_dh(bint reverse, Py_ssize_t T, const Py_ssize_t *bs,
     if P > 0:
         # dW_hr needs every step's dh: keep them, take the GEMM after the loop
         memcpy(pdhp + r0 * P, pdh + lo * P, n * P * sizeof(floating))
-        step_gemm(pk_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
+        step_gemm(packed_hr, <int> n, <int> H, <int> P, pdh + lo * P, <int> P, False, pwhr,
                   <int> H, False, pdm + lo * H, <int> H)
 
 
 cdef inline void bwd_cell_rows(Cell cell, bint reverse, Py_ssize_t T, const Py_ssize_t *bs,
                                const Py_ssize_t *off, Py_ssize_t t, Py_ssize_t n,
                                Py_ssize_t r0, Py_ssize_t lo, Py_ssize_t H, Py_ssize_t Hout,
-                               Py_ssize_t P, Py_ssize_t SH, Py_ssize_t SD,
+                               Py_ssize_t P, Py_ssize_t ld_gates, Py_ssize_t ld_dg,
                                const floating *pgates, const floating *pcs,
                                const floating *pc0, const floating *pout,
                                const floating *php, const floating *pdm, floating *pdh,
@@ -193,38 +195,38 @@ cdef inline void bwd_cell_rows(Cell cell, bint reverse, Py_ssize_t T, const Py_s
             pr = prev_row(reverse, T, bs, off, t, lo + b)
             cprev = (pcs + pr * H) if pr >= 0 else (pc0 + (lo + b) * H)
             dmrow = (pdm + (lo + b) * H) if P > 0 else (pdh + (lo + b) * Hout)
-            lstm_drow(H, H, pgates + row * SH, pcs + row * H, cprev, dmrow,
-                      pdc + (lo + b) * H, pdg + row * SD)
+            lstm_drow(H, H, pgates + row * ld_gates, pcs + row * H, cprev, dmrow,
+                      pdc + (lo + b) * H, pdg + row * ld_dg)
         elif cell == GRU_AFTER:
-            gru_after_drow(H, H, pgates + row * SH, php + row * Hout, pdh + (lo + b) * Hout,
-                           pdg + row * SD)
+            gru_after_drow(H, H, pgates + row * ld_gates, php + row * Hout, pdh + (lo + b) * Hout,
+                           pdg + row * ld_dg)
         elif cell == GRU_BEFORE:
-            gru_before_drow1(H, pgates + row * SH, php + row * Hout,
-                             pdh + (lo + b) * Hout, pdg + row * SD)
+            gru_before_drow1(H, pgates + row * ld_gates, php + row * Hout,
+                             pdh + (lo + b) * Hout, pdg + row * ld_dg)
         else:
             rnn_drow(cell == RNN_RELU, H, pout + row * Hout, pdh + (lo + b) * Hout,
-                     pdg + row * SD)
+                     pdg + row * ld_dg)
 
 
-cdef inline void bwd_gru_before_reset(Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t SH,
-                                      Py_ssize_t SD, Py_ssize_t n, Py_ssize_t r0,
+cdef inline void bwd_gru_before_reset(Py_ssize_t H, Py_ssize_t Hout, Py_ssize_t ld_gates,
+                                      Py_ssize_t ld_dg, Py_ssize_t n, Py_ssize_t r0,
                                       Py_ssize_t lo, const floating *pgates,
-                                      const floating *php, const floating *pk_hn,
+                                      const floating *php, const floating *packed_hn,
                                       const floating *pwhh, floating *pdm, floating *pdh,
                                       floating *pdg) noexcept nogil:
     """The reset-before GRU's second part: d(rh) = dn @ W_hn, then dr and the r * d(rh)
     path to h_prev."""
     cdef Py_ssize_t b, row
-    step_gemm(pk_hn, <int> n, <int> H, <int> H, pdg + r0 * SD + 2 * H, <int> SD,
+    step_gemm(packed_hn, <int> n, <int> H, <int> H, pdg + r0 * ld_dg + 2 * H, <int> ld_dg,
               False, pwhh + 2 * H * Hout, <int> Hout, False, pdm + lo * H, <int> H)
     for b in range(n):
         row = r0 + b
-        gru_before_drow2(H, pgates + row * SH, php + row * Hout, pdm + (lo + b) * H,
-                         pdh + (lo + b) * Hout, pdg + row * SD)
+        gru_before_drow2(H, pgates + row * ld_gates, php + row * Hout, pdm + (lo + b) * H,
+                         pdh + (lo + b) * Hout, pdg + row * ld_dg)
 
 
-cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floating *pk_ih,
-                                  const floating *pk_ih2, floating *bpack) noexcept nogil:
+cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floating *packed_ih,
+                                  const floating *packed_ih_n, floating *bpack) noexcept nogil:
     """This thread's share of the merged GEMMs over all timesteps, each split by its output
     rows (or columns for the sums), so they need no barrier between them: dW_ih, dx, the
     bias gradients, dW_hh (the reset-before GRU's W_hn block apart) and dW_hr. dGx
@@ -232,7 +234,7 @@ cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floa
     block 3 of dG. On threads, the packed kernel takes them (BLAS would pack its operands
     again in every thread)."""
     cdef Py_ssize_t N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
-    cdef Py_ssize_t SH = L.SH, SD = L.SD
+    cdef Py_ssize_t ld_gates = L.ld_gates, ld_dg = L.ld_dg
     cdef Py_ssize_t GH = _gates(L.cell) * H
     cdef bint gru_after = L.cell == GRU_AFTER
     cdef bint gru_before = L.cell == GRU_BEFORE
@@ -252,26 +254,26 @@ cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floa
     cdef floating *pdwhr = <floating *> L.pdwhr
     cdef long lo_c, hi_c
     if gru_after:
-        merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> SD, px, <int> I,
+        merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> ld_dg, px, <int> I,
                   pdwih, <int> I, bpack, L.stop)
-        merged_tn(tid, nth, <int> H, <int> I, <int> N, pdg + 3 * H, <int> SD, px, <int> I,
+        merged_tn(tid, nth, <int> H, <int> I, <int> N, pdg + 3 * H, <int> ld_dg, px, <int> I,
                   pdwih + 2 * H * I, <int> I, bpack, L.stop)
-        merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> SD, pwih,
+        merged_nn(tid, nth, packed_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> ld_dg, pwih,
                   <int> I, False, pdx, <int> I, L.stop)
-        merged_nn(tid, nth, pk_ih2, <int> N, <int> I, <int> H, pdg + 3 * H, <int> SD,
+        merged_nn(tid, nth, packed_ih_n, <int> N, <int> I, <int> H, pdg + 3 * H, <int> ld_dg,
                   pwih + 2 * H * I, <int> I, True, pdx, <int> I, L.stop)
-        colsum_add(tid, nth, N, 2 * H, pdg, SD, pdbih)
-        colsum_add(tid, nth, N, H, pdg + 3 * H, SD, pdbih + 2 * H)
+        colsum_add(tid, nth, N, 2 * H, pdg, ld_dg, pdbih)
+        colsum_add(tid, nth, N, H, pdg + 3 * H, ld_dg, pdbih + 2 * H)
     else:
-        merged_tn(tid, nth, <int> GH, <int> I, <int> N, pdg, <int> SD, px, <int> I, pdwih,
+        merged_tn(tid, nth, <int> GH, <int> I, <int> N, pdg, <int> ld_dg, px, <int> I, pdwih,
                   <int> I, bpack, L.stop)
-        merged_nn(tid, nth, pk_ih, <int> N, <int> I, <int> GH, pdg, <int> SD, pwih, <int> I,
+        merged_nn(tid, nth, packed_ih, <int> N, <int> I, <int> GH, pdg, <int> ld_dg, pwih, <int> I,
                   False, pdx, <int> I, L.stop)
-        colsum_add(tid, nth, N, GH, pdg, SD, pdbih)
-    merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> SD, php, <int> Hout, pdwhh,
+        colsum_add(tid, nth, N, GH, pdg, ld_dg, pdbih)
+    merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> ld_dg, php, <int> Hout, pdwhh,
               <int> Hout, bpack, L.stop)
     if gru_after:
-        colsum_add(tid, nth, N, GH, pdg, SD, pdbhh)
+        colsum_add(tid, nth, N, GH, pdg, ld_dg, pdbhh)
     else:
         # both biases meet the same pre-activations: one sum serves both; this thread's
         # columns of it are the ones it summed
@@ -279,8 +281,8 @@ cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floa
         memcpy(pdbhh + lo_c, pdbih + lo_c, (hi_c - lo_c) * sizeof(floating))
     if gru_before:
         # the W_hn block multiplies rh = r * h_prev, saved as gates block 3
-        merged_tn(tid, nth, <int> H, <int> H, <int> N, pdg + 2 * H, <int> SD, pgates + 3 * H,
-                  <int> SH, pdwhh + 2 * H * Hout, <int> Hout, bpack, L.stop)
+        merged_tn(tid, nth, <int> H, <int> H, <int> N, pdg + 2 * H, <int> ld_dg, pgates + 3 * H,
+                  <int> ld_gates, pdwhh + 2 * H * Hout, <int> Hout, bpack, L.stop)
     if P > 0:
         merged_tn(tid, nth, <int> P, <int> H, <int> N, pdhp, <int> P, pms, <int> H, pdwhr,
                   <int> H, bpack, L.stop)
@@ -297,7 +299,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef Cell cell = L.cell
     cdef bint reverse = L.reverse
     cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
-    cdef Py_ssize_t SH = L.SH, SD = L.SD
+    cdef Py_ssize_t ld_gates = L.ld_gates, ld_dg = L.ld_dg
     cdef const Py_ssize_t *bs = L.bs
     cdef const Py_ssize_t *off = L.off
     cdef const floating *ph0 = <const floating *> L.ph0
@@ -316,7 +318,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef floating *pdhp = <floating *> L.pdhp
     cdef floating *pdm = <floating *> L.pdm
     cdef floating *pseq = <floating *> L.pseq
-    cdef floating *ppk = <floating *> L.ppk
+    cdef floating *ppacked = <floating *> L.ppacked
 
     cdef Py_ssize_t GH = _gates(cell) * H
     cdef bint gru_before = cell == GRU_BEFORE
@@ -324,19 +326,19 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef Py_ssize_t K = 2 * H if gru_before else GH
     cdef Py_ssize_t lo = L.seqs[tid], hi = L.seqs[tid + 1]
     cdef Py_ssize_t s, t, n, r0
-    cdef floating *pk_hh = NULL
-    cdef floating *pk_hn = NULL
-    cdef floating *pk_hr = NULL
-    cdef floating *pk_ih = NULL
-    cdef floating *pk_ih2 = NULL
+    cdef floating *packed_hh = NULL
+    cdef floating *packed_hn = NULL
+    cdef floating *packed_hr = NULL
+    cdef floating *packed_ih = NULL
+    cdef floating *packed_ih_n = NULL
     cdef floating *bpack = NULL
-    if ppk != NULL:
+    if ppacked != NULL:
         if L.pbpack != NULL:
             bpack = <floating *> L.pbpack + tid * L.bpack_floats
-        bwd_pack_weights(cell, L.pbpack != NULL, I, H, Hout, P, tid, nth, ppk, pwih, pwhh,
-                         pwhr, &pk_hh, &pk_hn, &pk_hr, &pk_ih, &pk_ih2)
+        bwd_pack_weights(cell, L.pbpack != NULL, I, H, Hout, P, tid, nth, ppacked, pwih, pwhh,
+                         pwhr, &packed_hh, &packed_hn, &packed_hr, &packed_ih, &packed_ih_n)
     if L.split:
-        backward_units(kind, L, tid, nth, pk_hh)
+        backward_units(kind, L, tid, nth, packed_hh)
     else:
         for s in range(T - 1, -1, -1):
             if fr_stop_before(L.stop, T - 1 - s, 0):
@@ -346,20 +348,20 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
             n = min(bs[t], hi) - lo
             if n <= 0:
                 continue
-            bwd_step_dh(reverse, T, bs, off, t, n, r0, lo, H, Hout, P, pout, ph0, pdout, pk_hr,
+            bwd_step_dh(reverse, T, bs, off, t, n, r0, lo, H, Hout, P, pout, ph0, pdout, packed_hr,
                         pwhr, php, pdh, pseq, pdhp, pdm)
-            bwd_cell_rows(cell, reverse, T, bs, off, t, n, r0, lo, H, Hout, P, SH, SD, pgates,
-                          pcs, pc0, pout, php, pdm, pdh, pdc, pdg)
+            bwd_cell_rows(cell, reverse, T, bs, off, t, n, r0, lo, H, Hout, P, ld_gates, ld_dg,
+                          pgates, pcs, pc0, pout, php, pdm, pdh, pdc, pdg)
             if gru_before:
-                bwd_gru_before_reset(H, Hout, SH, SD, n, r0, lo, pgates, php, pk_hn, pwhh, pdm,
-                                     pdh, pdg)
+                bwd_gru_before_reset(H, Hout, ld_gates, ld_dg, n, r0, lo, pgates, php, packed_hn,
+                                     pwhh, pdm, pdh, pdg)
             # dh_{t-1} = direct part (GRU) + dGh @ W_hh
-            step_gemm(pk_hh, <int> n, <int> Hout, <int> K, pdg + r0 * SD, <int> SD, False,
+            step_gemm(packed_hh, <int> n, <int> Hout, <int> K, pdg + r0 * ld_dg, <int> ld_dg, False,
                       pwhh, <int> Hout, _is_gru(cell), pdh + lo * Hout, <int> Hout)
     sync(tid, nth)
     if L.stop != NULL and L.stop[0] != LONG_MAX:
         return  # stopped: the word is final here (no thread polls past the loop)
-    bwd_merged_gemms(L, tid, nth, pk_ih, pk_ih2, bpack)
+    bwd_merged_gemms(L, tid, nth, packed_ih, packed_ih_n, bpack)
 
 
 cdef void backward_task_f(void *ctx, int tid, int nth) noexcept nogil:

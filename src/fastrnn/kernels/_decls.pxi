@@ -32,9 +32,9 @@ cdef extern from "_ktable.h" nogil:
     void fr_rnn_row_v(int relu, long n, const float *a, const float *gh, const float *bias,
                       float *o)
     void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
-                         long SH, const float *bias, const float *bhn, float *h, float *c,
+                         long ld_gates, const float *bias, const float *bhn, float *h, float *c,
                          float *out, float *cs, float *gh, const float *x, long nin,
-                         const float *pk_ih, float *gx, int *progress, int *wait_on,
+                         const float *packed_ih, float *gx, int *progress, int *wait_on,
                          int *sleepers, long chunk, volatile long *stop)
 
 cdef extern from "_stop.h" nogil:

@@ -19,12 +19,12 @@
 # library's spinning threads take a core for a time slice (OpenBLAS's idle workers spin
 # for about 0.1 s after each threaded call), and such stalls cost most of a step.
 #
-# Saved activations (training), S*H wide per row:
+# Saved activations (training), S*H wide per row (ld_gates):
 #   RNN   none; the output h is the activation (S = 1 scratch for the input projection)
 #   LSTM  i, f, g, o                    + cs: c_t, + ms: m_t = o*tanh(c_t) with projection
 #   GRU   r, z, n, hn  (reset_after)    hn = W_hn h + b_hn, needed for dr
 #         r, z, n, rh  (reset_before)   rh = r * h_prev, the input of W_hn
-# Gradients of the pre-activations dG, row stride SD (padded, _row_stride):
+# Gradients of the pre-activations dG, row stride ld_dg (padded, _row_stride):
 #   RNN, LSTM   the G*H gate pre-activations; dGx and dGh are the same
 #   GRU after   dr, dz, dhn, dn: dGh = columns [0, 3H), dGx = [0, 2H) and [3H, 4H)
 #   GRU before  dr, dz, dn: both dGx and dGh (the W_hn block multiplies rh, not h)
@@ -142,7 +142,7 @@ cdef object _fwd_prepare(floating kind, FwdLoop *L, Cell cell, bint reverse, bin
                  and N * S * H * sizeof(floating) <= UPFRONT_MAX_BYTES)
     L.cell, L.reverse, L.training = cell, reverse, training
     L.N, L.B, L.GH = N, B, GH
-    L.T, L.inputs, L.H, L.Hout, L.P, L.SH = T, I, H, Hout, P, S * H
+    L.T, L.inputs, L.H, L.Hout, L.P, L.ld_gates = T, I, H, Hout, P, S * H
     L.bs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
     L.px, L.pwih, L.pwhh = cnp.PyArray_DATA(x), cnp.PyArray_DATA(w_ih), cnp.PyArray_DATA(w_hh)
     L.pwhr = cnp.PyArray_DATA(w_hr) if w_hr is not None else NULL
@@ -163,7 +163,7 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     packed."""
     global _last_threads, _last_split, _last_path
     cdef Py_ssize_t N = L.N, I = L.inputs, GH = L.GH, H = L.H, P = L.P, B = L.B
-    cdef Py_ssize_t SH = L.SH, Hout = L.Hout, npack = L.npack, chunk, j, nscratch
+    cdef Py_ssize_t ld_gates = L.ld_gates, Hout = L.Hout, npack = L.npack, chunk, j, nscratch
     cdef Py_ssize_t gx_at, rest_at
     cdef bint training = L.training, upfront = L.upfront, gather, in_out
     cdef bint split = L.split and nth > 1
@@ -179,11 +179,11 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     if training or upfront:
         chunk = N  # upfront: nth shares of it, room for the projection of every row
     else:
-        # a chunk row costs SH floats of projection, and I more of gathered input
+        # a chunk row costs ld_gates floats of projection, and I more of gathered input
         # when threads gather their rows (BLAS projections; the packed kernel
         # projects each step's rows in place)
         chunk = min(N, max(CHUNK_MIN_ROWS, B, N * Hout // (
-            CHUNK_SHARE_OF_OUTPUT * (SH + (I if gather else 0)))))
+            CHUNK_SHARE_OF_OUTPUT * (ld_gates + (I if gather else 0)))))
         if chunk_steps > 0 and nth == 1:
             chunk = min(N, B * chunk_steps)
     # threads on the packed kernel project one step at a time: a chunk of their widest
@@ -215,13 +215,13 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     # scratch: fused bias, b_hn, step projection, packed weights, then gx (fuse), then
     # the inference chunk (or the LSTM projection's m)
     gx_at = GH + H + B * GH + npack
-    rest_at = gx_at + (2 * SH if L.fuse else 0)
+    rest_at = gx_at + (2 * ld_gates if L.fuse else 0)
     nscratch = rest_at
     # the vanilla RNN's projection, when all rows are projected at once, goes straight
     # into out, where each step's tanh overwrites it in place
-    in_out = SH == H and (training or upfront)
+    in_out = ld_gates == H and (training or upfront)
     if not training:
-        nscratch += (0 if (in_out or L.fuse) else nth * chunk * SH) + (B * H if P else 0)
+        nscratch += (0 if (in_out or L.fuse) else nth * chunk * ld_gates) + (B * H if P else 0)
         if gather:
             nscratch += nth * chunk * I
     scratch = <floating *> _scratch(nscratch * sizeof(floating))
@@ -230,15 +230,15 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     L.pb = scratch
     L.pbhn = scratch + GH
     L.pgh = scratch + GH + H
-    L.ppk = (scratch + GH + H + B * GH) if npack else NULL
+    L.ppacked = (scratch + GH + H + B * GH) if npack else NULL
     L.pgx = <void *> (scratch + gx_at)
     if not training:
         L.pgates = (NULL if L.fuse else L.pout if in_out else <void *> (scratch + rest_at))
     L.pxg = NULL
     if P and not training:
-        L.pms = <void *> (<floating *> L.pgates + nth * chunk * SH)
+        L.pms = <void *> (<floating *> L.pgates + nth * chunk * ld_gates)
     if not training and gather:
-        L.pxg = <void *> (<floating *> L.pgates + nth * chunk * SH + (B * H if P else 0))
+        L.pxg = <void *> (<floating *> L.pgates + nth * chunk * ld_gates + (B * H if P else 0))
     # b_ih + b_hh, but the reset-after GRU keeps b_hn apart: r multiplies W_hn h + b_hn
     pb = <floating *> L.pb
     pbhn = <floating *> L.pbhn
@@ -275,7 +275,7 @@ cdef inline bint _fwd_calls_blas(const FwdLoop *L):
 cdef inline bint _bwd_calls_blas(const BwdLoop *L):
     """Whether a planned backward calls BLAS: not on the packed kernel, or on one thread
     (whose merged GEMMs are BLAS's)."""
-    return L.ppk == NULL or L.pbpack == NULL
+    return L.ppacked == NULL or L.pbpack == NULL
 
 
 cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
@@ -387,8 +387,8 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
     L.cell, L.reverse = cell, reverse
     L.B, L.GH = B, GH
-    L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.SH = T, N, I, H, Hout, P, S * H
-    L.SD = _row_stride(4 * H if gru_after else GH)
+    L.T, L.N, L.inputs, L.H, L.Hout, L.P, L.ld_gates = T, N, I, H, Hout, P, S * H
+    L.ld_dg = _row_stride(4 * H if gru_after else GH)
     L.bs = <const Py_ssize_t *> cnp.PyArray_DATA(batch_sizes)
     L.px, L.ph0 = cnp.PyArray_DATA(x), cnp.PyArray_DATA(h0)
     L.pwih, L.pwhh = cnp.PyArray_DATA(w_ih), cnp.PyArray_DATA(w_hh)
@@ -406,7 +406,7 @@ cdef int _bwd_plan(floating kind, BwdLoop *L, int nth) except -1:
     """The part of a prepared backward that depends on its nth threads: the units split,
     the sequences of each thread, and the scratch."""
     global _last_threads, _last_split
-    cdef Py_ssize_t N = L.N, SD = L.SD, Hout = L.Hout, P = L.P, npack = L.npack
+    cdef Py_ssize_t N = L.N, ld_dg = L.ld_dg, Hout = L.Hout, P = L.P, npack = L.npack
     cdef Py_ssize_t nbpack = 0, nscratch
     cdef floating *pdg
     _last_threads = nth
@@ -419,15 +419,15 @@ cdef int _bwd_plan(floating kind, BwdLoop *L, int nth) except -1:
         npack -= L.npack_ih
     elif npack:
         nbpack = fr_packed_size(max(L.inputs, L.H, Hout), FR_KC)
-    nscratch = N * SD + N * Hout + N * P + L.B * L.H + npack + nth * nbpack
+    nscratch = N * ld_dg + N * Hout + N * P + L.B * L.H + npack + nth * nbpack
     pdg = <floating *> _scratch(nscratch * sizeof(floating))
     L.scratch = pdg
     L.pdg = pdg
-    L.php = pdg + N * SD
-    L.pdhp = pdg + N * SD + N * Hout
-    L.pdm = pdg + N * SD + N * Hout + N * P
-    L.ppk = (pdg + N * SD + N * Hout + N * P + L.B * L.H) if npack else NULL
-    L.pbpack = (pdg + N * SD + N * Hout + N * P + L.B * L.H + npack) if nbpack else NULL
+    L.php = pdg + N * ld_dg
+    L.pdhp = pdg + N * ld_dg + N * Hout
+    L.pdm = pdg + N * ld_dg + N * Hout + N * P
+    L.ppacked = (pdg + N * ld_dg + N * Hout + N * P + L.B * L.H) if npack else NULL
+    L.pbpack = (pdg + N * ld_dg + N * Hout + N * P + L.B * L.H + npack) if nbpack else NULL
     L.bpack_floats = nbpack
     return 0
 

@@ -59,7 +59,8 @@ def forward_both(int mode, bint reset_after, bint training, x, batch_sizes, fwd,
             and len(rev) == 7):
         raise TypeError("fwd and rev must be tuples (w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)")
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32:
-        return _forward_both(<float> 0, _cell(mode, reset_after), training, x, batch_sizes, fwd, rev)
+        return _forward_both(<float> 0, _cell(mode, reset_after), training, x, batch_sizes, fwd,
+                             rev)
     if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT64:
         return _forward_both(<double> 0, _cell(mode, reset_after), training, x, batch_sizes, fwd,
                              rev)
@@ -100,7 +101,7 @@ cdef object _forward_both(floating kind, Cell cell, bint training, x,
         # its inputs up front in inference, as on one thread
         A.split = R.split = False
         A.upfront = R.upfront = (not training and A.B == 1
-                                 and A.N * A.SH * sizeof(floating) <= UPFRONT_MAX_BYTES)
+                                 and A.N * A.ld_gates * sizeof(floating) <= UPFRONT_MAX_BYTES)
         _fwd_plan(kind, &A, 1)
         _fwd_plan(kind, &R, 1)
         _hold_blas(_fwd_calls_blas(&A) or _fwd_calls_blas(&R), nth,
@@ -301,7 +302,7 @@ cdef object _forward_stack(floating kind, Cell cell, x, batch_sizes,
             # wait on the layer below a chunk at a time: one sequence in the loop of
             # fr_seq1_forward (room to project every row, as up front), else in forward_loop
             Ls[k].upfront = (Ls[k].B == 1
-                             and Ls[k].N * Ls[k].SH * sizeof(floating) <= UPFRONT_MAX_BYTES
+                             and Ls[k].N * Ls[k].ld_gates * sizeof(floating) <= UPFRONT_MAX_BYTES
                              and (k == 0 or _seq1_cell(kind, &Ls[k])))
             chunk_steps = 0 if k == 0 else STACK_CHUNK_STEPS
             _fwd_plan(kind, &Ls[k], 1, chunk_steps)
