@@ -75,24 +75,24 @@ typedef struct {
 #define FR_TARGET_STR(x) #x
 
 /* the portable instance: no target region */
-#include "_simd_default.h"
+#include "simd/_simd_default.h"
 #include "_rows_inst.h"
 #include "_kern_body.h"
-#include "_simd_end.h"
+#include "simd/_simd_end.h"
 
 #if FR_X86
 FR_TARGET_PUSH("avx2,fma")
-#include "_simd_avx2.h"
+#include "simd/_simd_avx2.h"
 #include "_rows_inst.h"
 #include "_kern_body.h"
-#include "_simd_end.h"
+#include "simd/_simd_end.h"
 FR_TARGET_POP
 
 FR_TARGET_PUSH("avx512f")
-#include "_simd_avx512.h"
+#include "simd/_simd_avx512.h"
 #include "_rows_inst.h"
 #include "_kern_body.h"
-#include "_simd_end.h"
+#include "simd/_simd_end.h"
 FR_TARGET_POP
 #endif
 
