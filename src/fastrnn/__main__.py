@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 USAGE = """usage: python -m fastrnn COMMAND [options]
+       python -m fastrnn --version
 
 commands:
   demo NAME   run a demo (python -m fastrnn demo --help lists them)
@@ -16,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__, get_cpu_capability
+
+        print(f"fastrnn {__version__} (kernels: {get_cpu_capability()}; Python "
+              f"{sys.version.split()[0]})")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "demo":
