@@ -615,3 +615,16 @@ def test_peers_agree_with_fastrnn(peer):
             result = compare(want, got, point.dtype)
             assert result.ok, f"{peer} {point.label} {pass_}: {result.message}"
             assert result.max_error < result.tolerance / 10
+
+
+@pytest.mark.parametrize("pass_", ["inference", "training"])
+def test_the_torch_module_peer_gives_fastrnns_results(pass_):
+    """fastrnn.torch's module under torch's autograd ("torch-module"): the same outputs,
+    states and gradients as fastrnn's own call, stacked and bidirectional."""
+    pytest.importorskip("torch")
+    for point in (Point("lstm", 7, 3, 4, 5, layers=2, bidirectional=True),
+                  Point("gru", 6, 2, 3, 4, ragged=True)):
+        problem = make_problem(point, seed=3)
+        ours, theirs = (make_runner(n, problem, pass_) for n in ("fastrnn", "torch-module"))
+        result = compare(ours.collect(ours.run()), theirs.collect(theirs.run()), point.dtype)
+        assert result.ok, f"{point.label} {pass_}: {result.message}"

@@ -56,9 +56,13 @@ PEERS: dict[str, str] = {
     "jax": "pip install jax jaxlib",
     "onnxruntime": "pip install onnx onnxruntime",
     "reference": "(part of fastrnn)",
+    # torch's training loop and autograd around fastrnn.torch's module: what a PyTorch
+    # user gets from fastrnn.torch.convert
+    "torch-module": "pip install torch==2.13.0",
 }
 _PEER_MODULES = {"torch": ("torch",), "jax": ("jax", "jaxlib"),
-                 "onnxruntime": ("onnx", "onnxruntime"), "reference": ()}
+                 "onnxruntime": ("onnx", "onnxruntime"), "reference": (),
+                 "torch-module": ("torch",)}
 
 #: Allowed error of a peer's result against fastrnn's, per dtype: the largest absolute
 #: difference of an array, divided by the largest magnitude in fastrnn's array (so weight
@@ -238,7 +242,8 @@ def make_runner(name: str, problem: Problem, pass_: str) -> Runner:
         raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
     factories = {"fastrnn": _fastrnn_runner, "reference": _reference_runner,
                  "torch": _torch_runner, "jax": _jax_runner,
-                 "onnxruntime": _onnxruntime_runner}
+                 "onnxruntime": _onnxruntime_runner,
+                 "torch-module": lambda problem, pass_: _torch_runner(problem, pass_, True)}
     if name not in factories:
         raise ValueError(f"unknown implementation {name!r}; known: {sorted(factories)}")
     return factories[name](problem, pass_)
@@ -284,12 +289,17 @@ def _reference_runner(problem: Problem, pass_: str) -> Runner:
 # ---- PyTorch
 
 
-def _torch_runner(problem: Problem, pass_: str) -> Runner:
+def _torch_runner(problem: Problem, pass_: str, fastrnn_module: bool = False) -> Runner:
+    """torch's module (or, with fastrnn_module, fastrnn.torch's) under torch's autograd."""
     import torch
 
+    if fastrnn_module:
+        from .. import torch as modules
+    else:
+        modules = torch.nn
     p = problem.point
     tdt = torch.float64 if p.dtype == "float64" else torch.float32
-    module = getattr(torch.nn, CELLS[p.cell][0])(
+    module = getattr(modules, CELLS[p.cell][0])(
         p.I, p.H, num_layers=p.layers, bidirectional=p.bidirectional, dtype=tdt)
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in problem.params.items()})
     names = [k for k, _ in module.named_parameters()]
@@ -334,7 +344,7 @@ def _torch_runner(problem: Problem, pass_: str) -> Runner:
             out, states, dx, grads = res
             return {"out": out.detach().numpy(), **states_result(states), "dx": dx.numpy(),
                     **{f"grad:{k}": g.numpy() for k, g in zip(names, grads)}}
-    return Runner("torch", run, collect)
+    return Runner("torch-module" if fastrnn_module else "torch", run, collect)
 
 
 # ---- JAX
