@@ -488,7 +488,7 @@ def environment(peers: Sequence[str], threads: int, thread_control: Mapping[str,
         versions["onnxruntime"] = onnxruntime.__version__
         versions["onnx"] = _module_version("onnx") or "?"
         extra["onnxruntime"] = ("one ONNX RNN/LSTM/GRU node per layer, CPU execution "
-                                "provider (MLAS), inference only")
+                                "provider (MLAS), intra-op spinning off, inference only")
     parent = caps.parent_info() or {}
     cap = parent.get("cap")
     capability = {"asked": cap, "removed": parent.get("removed", {}),

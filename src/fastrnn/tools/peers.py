@@ -506,6 +506,10 @@ def _onnxruntime_runner(problem: Problem, pass_: str) -> Runner:
     options.intra_op_num_threads = _ONNXRUNTIME_THREADS or len(available_cpus())
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # its idle workers would spin on the cores well after a run, slowing whatever runs
+    # next (measured in the README's performance notes); without spinning onnxruntime
+    # itself was as fast or faster in the interleaved rounds
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
