@@ -1,7 +1,7 @@
 """The kernel table compiled apart from the package build, by the compilers and for the
 targets this machine has: gcc and clang natively (every level the CPU runs), and the
 portable kernels for aarch64 with a cross compiler, run under qemu-aarch64 when it is
-installed. Each build runs tests/c/kernel_selftest.c (the GEMM against a plain loop, the
+installed. Each build runs tests/kernels/c/kernel_selftest.c (the GEMM against a plain loop, the
 vector cells against the scalar rows). The headers are the installed package's."""
 import shutil
 import subprocess
