@@ -40,9 +40,8 @@ cdef cnp.ndarray _new(int typenum, Py_ssize_t d0, Py_ssize_t d1, bint zero):
     """A new array (d0,) (d1 < 0) or (d0, d1); float ones (unless zeroed) start on a cache
     line. Threads that split a sequence's units write the two halves of each output and
     state row: where a row started mid-line, both wrote that line at every step (the
-    scratch's gates, likewise shared, cost the RNN at T=100, B=1, H=128 a quarter of its
-    time; aligning the outputs too measured within this VM's noise, 0.97-1.07x, and the
-    backward's split 1.02-1.06x)."""
+    scratch's gates, likewise shared, cost the split RNN a good part of its time; README,
+    performance notes)."""
     cdef cnp.npy_intp dims[2]
     dims[0] = d0
     dims[1] = d1

@@ -12,7 +12,7 @@ cdef Py_ssize_t _row_stride(Py_ssize_t width) noexcept nogil:
     """A row stride of at least `width` floats for dG, whose columns the merged GEMMs read
     down the rows: a whole number of 64-byte lines, and an odd one, so that a column's
     rows fall in every set of the L1 cache. At a stride of 4 KB (LSTM, H = 256) they all
-    fall in one, and the weight-gradient GEMMs ran about 10% slower."""
+    fall in one, and the weight-gradient GEMMs ran slower (README, performance notes)."""
     cdef Py_ssize_t lines = (width + 15) // 16
     return (lines + 1 - lines % 2) * 16
 

@@ -280,7 +280,7 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     if upfront and not L.projected:
         # the input projection of every row at once, the saved gates its output (on
         # threads too: projecting a thread's few rows of each step as it comes reads all
-        # of W_ih from memory at every step, 10% slower at T=100, B=16, H=256)
+        # of W_ih from memory at every step, and ran slower: README, performance notes)
         project_rows(kind, L, packed_ih, tid, nth)
         sync(tid, nth)
     if L.split:

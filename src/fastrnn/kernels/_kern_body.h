@@ -31,9 +31,9 @@
 /* Pack panels [p0, p1) of op(W) (k x n) for the kernel. trans != 0: W is stored (n x k)
  * with row stride ldw, as torch stores weights, and op(W) = W^T: whole FRV_N x FRV_N
  * blocks transposed in registers, the edges element by element (a copy element by
- * element wrote a panel row apart per element, about a seventh of a call at B = 1,
- * H = 512). trans == 0: W is stored (k x n). Threads that split the GEMM by panels pack
- * their own panels. */
+ * element wrote a panel row apart per element, and took a share of a call at B = 1:
+ * README, performance notes). trans == 0: W is stored (k x n). Threads that
+ * split the GEMM by panels pack their own panels. */
 static void FR_ISA(fr_pack)(int trans, long n, long k, const float *w, long ldw,
                             float *packed, long p0, long p1)
 {
@@ -178,7 +178,8 @@ static void FR_ISA(fr_gemm_rows)(long m, long n, long k, const float *a, long ld
     }
     /* The rows go in blocks of as equal sizes as FRV_MR allows (8 rows: 4 + 4, not
      * 6 + 2): a block of one or two rows reads a panel line per few FMAs, more than
-     * the L2 cache delivers, and ran the whole product about 10% slower. */
+     * the L2 cache delivers, and ran the whole product slower (README, performance
+     * notes). */
     long nblocks = (m + FRV_MR - 1) / FRV_MR;
     long base = nblocks > 0 ? m / nblocks : 0, bigger = nblocks > 0 ? m % nblocks : 0;
     /* The blocks of a panel fetch the next panel into L2, each its share (a line a k

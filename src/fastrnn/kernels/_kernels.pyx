@@ -203,11 +203,10 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
                   else "one sequence" if L.seq1 else "batch")
     # W_ih is packed for threads, for the projection inside the one-sequence loop,
-    # and for one thread on a batch: OpenBLAS took 1.4x our kernel's time for the
-    # same product there (it packs both operands every call; one-thread inference,
-    # LSTM 100x16x256: 18.3 -> 16.5 ms, GRU 13.7 -> 11.9). One thread at B = 1
-    # leaves it to BLAS (half-empty panels made the RNN at H = 32 8% slower) but from
-    # THREAD_CALL_WORK where _one_thread_packed says so.
+    # and for one thread on a batch: OpenBLAS took longer for the same product there
+    # (it packs both operands every call; README, performance notes). One thread at
+    # B = 1 leaves it to BLAS (half-empty panels made the RNN at H = 32 slower: README,
+    # performance notes) but from THREAD_CALL_WORK where _one_thread_packed says so.
     L.pack_ih = npack != 0 and (nth > 1 or L.fuse or B > 1 or chunk_steps > 0
                                 or _one_thread_packed(False, N * GH * (I + Hout)))
     if npack and not L.pack_ih:

@@ -20,12 +20,11 @@ THREAD_CALL_WORK = 1 << 21
 # ended less than about 0.6 ms ago, or one on one thread woke them), else it runs on one
 # thread and wakes them for the next call. Its threads meet often (the units split: at
 # every step), and a worker, or its virtual CPU, that has to wake up first costs more
-# than the call gains: on this VM, calls 50 ms apart (T=100, H=128) took a median of 1.2
-# ms (RNN) and 1.8 ms (LSTM) on two threads against 0.47 and 0.94 on one; back to back,
-# two threads stay the faster. Calls of B1_WARM_WORK multiply-adds or more (T=100: LSTM
-# and GRU from H=256, RNN from 512) take threads either way: in the bench command, where
-# they follow the peers' calls, an RNN at H=512 that woke the workers ran 2.1 ms against
-# 0.9-1.1 (the worker it woke spun on its CPU while the call ran).
+# than the call gains (README, performance notes); back to back, two threads stay the
+# faster. Calls of B1_WARM_WORK multiply-adds or more (T=100: LSTM and GRU from H=256,
+# RNN from 512) take threads either way: there a call on one thread that woke the
+# workers ran slower than on two, the worker it woke spinning on its CPU while the call
+# ran (README, performance notes).
 B1_WARM_ONLY = True
 B1_WARM_WORK = 1 << 24
 
@@ -185,9 +184,7 @@ BLAS_STEP_WORK = None
 
 # On AVX2 and AVX-512 the packed kernels are the faster at every size measured (they skip
 # BLAS's packing of the weight at every step). The portable kernels (4 floats a vector)
-# lose to OpenBLAS's SSE kernels on large batches: at B=64 (T=100, I=H=256..1024, two
-# threads, OpenBLAS on its Prescott kernels) they ran 5-18% slower than BLAS, at B=16
-# (H=256, 1-4 million a step) level or up to 11% faster.
+# lose to OpenBLAS's SSE kernels on large batches (README, performance notes).
 CAPABILITY_BLAS_STEP_WORK = {"default": 1 << 22}
 
 
@@ -225,39 +222,35 @@ cdef bint _one_thread_packed(bint backward, Py_ssize_t work):
 # From this many weights in W_hh (64 KB of float32: every cell from H = 128), threads
 # split the units of a batch of one sequence, meeting at every step; H a multiple of two
 # panels of the kernels (_split_units), so that two threads get as many panels each (on
-# AVX-512, at H = 192, one 64-unit panel and the other two, inference ran 5-10% slower
-# than on one thread). Measured on AVX-512 at T=100,
-# H=128, one process alternating: inference RNN 0.12 -> 0.07 ms, GRU 0.34 -> 0.21;
-# training step RNN 0.25 -> 0.21, GRU 0.69 -> 0.55.
+# AVX-512, at H = 192, one 64-unit panel and the other two, inference ran slower than on
+# one thread: README, performance notes).
 SPLIT_UNITS_WORK = 1 << 14
-# ... and from this H: on AVX2, whose 16-unit panels let H = 64 split, an LSTM at H = 64
-# (T=100, inference) ran 0.123 ms split against 0.109 on one thread; a GRU at H = 96
-# gained 5% and the RNN at H = 128 4.5%, the LSTM at H = 128 23%.
+# ... and from this H: on AVX2, whose 16-unit panels let H = 64 split, the split at H = 64
+# ran slower than one thread (README, performance notes).
 SPLIT_UNITS_MIN_H = 128
 
 # A batch of one sequence that does not split its units, in inference, projects the
 # inputs of all its steps at once (up to this much room for them), on the threads when
 # it is worth them, then one thread runs the steps: a projection on one thread is up to
-# 20% of such a call, and BLAS's threads are not woken (fr_pool_begin); the vanilla RNN
-# projects straight into its output (T=100, H=32: 13.8 -> 13.2 us).
+# a good part of such a call, and BLAS's threads are not woken (fr_pool_begin); the
+# vanilla RNN projects straight into its output (README, performance notes).
 UPFRONT_MAX_BYTES = 1 << 23
 
 # A batch of one sequence on one thread with at most this many weights in W_ih (4 KB of
 # float32: the vanilla RNN at I = H = 32) projects its inputs inside the step loop
-# (fr_seq1_forward): on AVX-512 (AMD EPYC), T=100, RNN H=32 inference 12.9 -> 10.8 us.
-# With more, the products of both
+# (fr_seq1_forward) (README, performance notes). With more, the products of both
 # weights outlast the chain of a step, on one FMA unit: LSTM and GRU at H=32 and the RNN
-# at H=64 ran 6-14% slower than with the projection before the loop.
+# at H=64 ran slower than with the projection before the loop (README, performance notes).
 SEQ1_FUSE_WEIGHTS = None  # None: the capability's own (tests set it)
-# Measured on an Intel Xeon (AVX-512, T=100, RNN H=32, inference): projection inside
-# 12% faster with the AVX-512 kernels, 5% slower with the AVX2 ones and 9% with the
-# portable ones (their products of both weights outlast the chain of a step).
+# On an Intel Xeon (AVX-512) only the AVX-512 kernels gained from it; the AVX2 and
+# portable ones ran slower (their products of both weights outlast the chain of a step)
+# (README, performance notes).
 CAPABILITY_SEQ1_FUSE_WEIGHTS = {"avx512": 1 << 10}
 
 # The units split meets at a barrier every step, so a thread that loses its core to
 # another process stalls the others at each step: under a one-core CPU hog, calls that
-# split (T=100, B=1: RNN H=512, LSTM H=256) ran 1.4-1.8x slower on average than on one
-# thread. When the split calls of the last SPLIT_BAD_SECONDS (at least 3 calls) all had
+# split ran slower than on one thread (README, performance notes). When the split calls
+# of the last SPLIT_BAD_SECONDS (at least 3 calls) all had
 # more than SPLIT_SLEPT_PER_STEP of their steps, and more than SPLIT_SLEPT_MIN, wait long
 # enough to sleep, calls do not split for SPLIT_PAUSE_SECONDS. Counted at T=100: 0-3
 # such waits a call on an idle machine, about 100 under the hog; but on the idle machine too, a
@@ -315,11 +308,11 @@ def resume_split():
 #
 # A direction whose loop would run on one thread (a batch of one sequence below the units
 # split, or a call too small for threads) leaves the other core idle; so does the units
-# split at H = 128, whose two threads meet at every step and gain 1.5-1.8x over one
-# (T=100, B=1: LSTM inference 0.44 -> 0.24 ms, training 1.14 -> 0.67). Each thread then
-# runs one direction's whole loop on one thread instead, meeting the other once, at the
-# end. From H = 256 the split gains about 2x (each core keeps half of W_hh in its L2:
-# LSTM inference 1.88 -> 0.82 ms) and the directions run one after the other as before;
+# split at H = 128, whose two threads meet at every step and gain less over one than
+# from H = 256 (README, performance notes). Each thread then runs one direction's whole loop on one
+# thread instead, meeting the other once, at the end. From H = 256 the split gains more
+# (each core keeps half of W_hh in its L2: README, performance notes) and the directions
+# run one after the other as before;
 # so do batches that threads already share by sequences.
 
 # The largest W_hh (G*H x Hout weights) whose units split a direction still pairs.

@@ -4,9 +4,9 @@
  * whole time loop on its share of each step's work, and the threads meet at a barrier
  * where a step needs what another thread wrote. Letting BLAS thread the GEMMs between
  * the steps instead would put two pools on the cores, and their idle workers spin
- * against each other (measured: LSTM 100x16x128 inference 4.4 ms -> 208 ms with OpenMP
- * steps beside OpenBLAS's pool). So while a call that calls BLAS holds the pool, the
- * BLAS that scipy's cython_blas uses (OpenBLAS with pthreads) is set to one thread, and
+ * against each other (README, performance notes). So while a call that calls BLAS holds
+ * the pool, the BLAS that scipy's cython_blas uses (OpenBLAS with pthreads) is set to one
+ * thread, and
  * each of our threads calls it on its own block. Calls on the packed kernels (float32 on
  * every capability, below the size where the portable one hands products to BLAS) make
  * no BLAS call and leave the count alone.
@@ -151,8 +151,8 @@ static void fr_blas_release(void)
 
 /* Waiting: spin a while (the partner is usually microseconds away), then sleep on the
  * word with a futex, so that a thread whose partner lost its core to another process
- * gives the core up instead of yielding in a loop (measured under load: a training step
- * 30x slower than its peers with sched_yield loops). */
+ * gives the core up instead of yielding in a loop (under load, sched_yield loops made a
+ * training step far slower than its peers: README, performance notes). */
 /* Waits that outlasted the spinning and slept: a partner that keeps arriving late at a
  * barrier has lost its core to another process (the units split reads this). */
 static long fr_slept_waits = 0;
@@ -175,8 +175,8 @@ static void fr_wait_while(int *word, int value, int *sleepers)
 }
 
 /* Store `value` in *word and wake its sleepers, if any: a futex call costs a system call
- * (about a microsecond in this VM), which the units split paid at every step's barrier
- * while nobody slept. */
+ * (README, performance notes), which the units split paid at every step's barrier while
+ * nobody slept. */
 static void fr_set_and_wake(int *word, int value, int *sleepers)
 {
     __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
@@ -343,7 +343,8 @@ static int fr_pool_begin(int want, long warm_spins, int *held)
  * calls BLAS: from the pool's threads, where BLAS's own threads would oversubscribe the
  * cores, or from one thread at a size where they would wake and then spin about 0.1 s
  * after their last product (OpenBLAS's idle threads), sharing a core with the next
- * threaded call (a units split after such a call: T=100, B=1, H=128, 0.1 -> 11 ms). */
+ * threaded call (a units split after such a call ran far slower: README, performance
+ * notes). */
 static void fr_pool_hold_blas(int *held)
 {
     if (!fr_blas_get_threads || (*held & FR_HELD_BLAS))

@@ -36,7 +36,8 @@ typedef struct {
  * (its exception saved for the caller to raise). */
 static int (*fr_signal_poll)(void) = NULL;
 /* thread-local: read only once every FR_POLL_STEPS steps, as in a shared library each
- * read may be a call (__tls_get_addr), which cost the smallest layers 8% of a step */
+ * read may be a call (__tls_get_addr), which cost the smallest layers a share of each
+ * step (README, performance notes) */
 static __thread int fr_polls;     /* this thread polls (the calling thread of a call) */
 static __thread double fr_poll_last;
 

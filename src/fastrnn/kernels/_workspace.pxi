@@ -11,8 +11,7 @@ cdef extern from "Python.h":
 # Scratch is allocated in C, and reported to tracemalloc (as NumPy reports its arrays) so
 # that a traced peak counts it. A workspace as large as the largest call has needed is
 # kept between calls for the next forward or backward: allocating it afresh costs page
-# faults and the kernel's zeroing of every page, about 8% of a large training step and
-# 3.5% of a large inference (LSTM 50x64x1024: 32 MB of packed weights a call). Four are
+# faults and the kernel's zeroing of every page (README, performance notes). Four are
 # kept: the two directions of a layer that run at once (forward_both), or the layers of
 # a stack (forward_stack), take one each.
 # release_workspace() frees them.
@@ -104,13 +103,13 @@ def workspace_bytes():
 
 # Large outputs (the saved activations, out, dx: megabytes every training step) come from
 # a cache of blocks that earlier outputs gave back when their arrays died. Fresh memory of
-# that size is mapped anew by malloc on each call, and faulting its pages in cost about a
-# third of a training forward (LSTM 100x16x256: 2900 page faults a call). The cache keeps
+# that size is mapped anew by malloc on each call, and faulting its pages in cost a good
+# part of a training forward (README, performance notes). The cache keeps
 # at most CACHE_BLOCKS blocks and CACHE_BYTES bytes; release_workspace() empties it.
 # Outputs from 16 KB on take part: malloc returns freed memory to the system once a few
 # hundred KB of it are free, so even a small layer's outputs (GRU 100x1x128: 200 KB of
-# saved gates) faulted their pages in anew each step (its training forward: 0.79 ms with
-# a 256 KB floor here, 0.31 ms with 16 KB).
+# saved gates) faulted their pages in anew each step under a floor of 256 KB here
+# (README, performance notes).
 cdef enum:
     CACHE_BLOCKS = 32
     CACHE_MIN_BYTES = 1 << 14
