@@ -2,7 +2,8 @@
 targets this machine has: gcc and clang natively (every level the CPU runs), and the
 portable kernels for aarch64 with a cross compiler, run under qemu-aarch64 when it is
 installed. Each build runs tests/kernels/c/kernel_selftest.c (the GEMM against a plain loop, the
-vector cells against the scalar rows). The headers are the installed package's."""
+vector cells against the scalar rows), and tests/kernels/c/pool_selftest.c the thread pool
+with each way of sleeping. The headers are the installed package's."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,3 +60,34 @@ def test_aarch64_build_of_the_portable_kernels(tmp_path):
     if qemu is None:
         pytest.skip("built; qemu-aarch64 is not installed to run it")
     assert [line for line in _run([qemu, str(tmp_path / "selftest")]) if line] == ["default: ok"]
+
+
+POOL_SELFTEST = Path(__file__).parent / "c" / "pool_selftest.c"
+
+
+@pytest.mark.parametrize("sleep", ["futex", "portable"])
+def test_the_thread_pool_with_each_way_of_sleeping(sleep, tmp_path):
+    """tests/kernels/c/pool_selftest.c: 4 threads meeting at barriers and handing counts on,
+    sleeping on their words, with Linux's futex and with the mutex and condition variable
+    that other systems (macOS, the BSDs) use (FR_NO_FUTEX); both give the one-thread sums,
+    and some waits did sleep."""
+    out = tmp_path / "pool"
+    extra = ["-DFR_NO_FUTEX"] if sleep == "portable" else []
+    res = subprocess.run([_need("gcc"), *FLAGS, *extra, str(POOL_SELFTEST), "-o", str(out),
+                          *LIBS], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in _run([str(out)]) if line]
+    assert len(lines) == 1 and lines[0].startswith("pool: ok"), lines
+
+
+def test_the_thread_pool_on_aarch64(tmp_path):
+    cc = _need("aarch64-linux-gnu-gcc")
+    out = tmp_path / "pool"
+    res = subprocess.run([cc, *FLAGS, str(POOL_SELFTEST), "-o", str(out), "-static", *LIBS],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    qemu = shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.skip("built; qemu-aarch64 is not installed to run it")
+    lines = [line for line in _run([qemu, str(out)]) if line]
+    assert len(lines) == 1 and lines[0].startswith("pool: ok"), lines

@@ -29,11 +29,56 @@
 #include <pthread.h>
 #include <sched.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <sys/syscall.h>
 #include <unistd.h>
+
+/* Sleeping on a word until another thread changes it: a futex on Linux; elsewhere (macOS,
+ * the BSDs), or with FR_NO_FUTEX (which the tests build to check this path on Linux), one
+ * mutex and condition variable shared by every word: a waker broadcasts under the mutex
+ * after its store, and a sleeper checks the word under it before waiting, so no wake-up
+ * is lost; the sleepers of other words wake too and wait again. */
+#if defined(__linux__) && !defined(FR_NO_FUTEX)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+
+static inline void fr_sleep_while(int *word, int value)
+{
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+}
+
+static inline void fr_wake_all(int *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static inline void fr_sleep_after_fork(void) {}
+#else
+static pthread_mutex_t fr_sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fr_sleep_cond = PTHREAD_COND_INITIALIZER;
+
+static inline void fr_sleep_while(int *word, int value)
+{
+    pthread_mutex_lock(&fr_sleep_lock);
+    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
+        pthread_cond_wait(&fr_sleep_cond, &fr_sleep_lock);
+    pthread_mutex_unlock(&fr_sleep_lock);
+}
+
+static inline void fr_wake_all(int *word)
+{
+    (void)word;
+    pthread_mutex_lock(&fr_sleep_lock);
+    pthread_cond_broadcast(&fr_sleep_cond);
+    pthread_mutex_unlock(&fr_sleep_lock);
+}
+
+static inline void fr_sleep_after_fork(void)
+{
+    pthread_mutex_init(&fr_sleep_lock, NULL);
+    pthread_cond_init(&fr_sleep_cond, NULL);
+}
+#endif
 
 #define FR_MAX_THREADS 64
 #define FR_MAX_THREADS_1 (FR_MAX_THREADS + 1)
@@ -150,7 +195,7 @@ static void fr_blas_release(void)
 }
 
 /* Waiting: spin a while (the partner is usually microseconds away), then sleep on the
- * word with a futex, so that a thread whose partner lost its core to another process
+ * word (fr_sleep_while), so that a thread whose partner lost its core to another process
  * gives the core up instead of yielding in a loop (under load, sched_yield loops made a
  * training step far slower than its peers: README, performance notes). */
 /* Waits that outlasted the spinning and slept: a partner that keeps arriving late at a
@@ -165,23 +210,23 @@ static void fr_wait_while(int *word, int value, int *sleepers)
         } else {
             if (i == FR_BARRIER_SPINS)
                 __atomic_add_fetch(&fr_slept_waits, 1, __ATOMIC_RELAXED);
-            /* announced before the futex reads the word: a waker that changed the word
-             * before this increment is seen by the futex, one after it sees the count */
+            /* announced before the sleep reads the word: a waker that changed the word
+             * before this increment is seen by the sleep, one after it sees the count */
             __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
-            syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+            fr_sleep_while(word, value);
             __atomic_sub_fetch(sleepers, 1, __ATOMIC_RELAXED);
         }
     }
 }
 
-/* Store `value` in *word and wake its sleepers, if any: a futex call costs a system call
+/* Store `value` in *word and wake its sleepers, if any: a wake costs a system call
  * (README, performance notes), which the units split paid at every step's barrier while
  * nobody slept. */
 static void fr_set_and_wake(int *word, int value, int *sleepers)
 {
     __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0)
-        syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+        fr_wake_all(word);
 }
 
 /* Wait until *word (a count that only grows, fr_set_and_wake) reaches `value`: a layer's
@@ -235,7 +280,7 @@ static void *fr_worker(void *arg)
             fr_pool.fn(fr_pool.ctx, tid, fr_pool.nth);
         if (__atomic_sub_fetch(&fr_pool.pending, 1, __ATOMIC_SEQ_CST) == 0 &&
             __atomic_load_n(&fr_pool.pending_sleepers, __ATOMIC_SEQ_CST) > 0)
-            syscall(SYS_futex, &fr_pool.pending, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+            fr_wake_all(&fr_pool.pending);
     }
     return NULL;
 }
@@ -253,6 +298,7 @@ static void fr_pool_atfork_child(void)
     fr_pool.started = 0;
     fr_pool.asleep = 0;
     pthread_mutex_init(&fr_hold.lock, NULL);
+    fr_sleep_after_fork();
     fr_hold.restore_in_child = fr_hold.count > 0 && fr_hold.owed ? fr_hold.saved : 0;
     fr_hold.count = 0;
     fr_hold.owed = 0;
