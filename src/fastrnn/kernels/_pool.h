@@ -25,7 +25,11 @@
 #ifndef FASTRNN_POOL_H
 #define FASTRNN_POOL_H
 
+#ifdef _WIN32
+#include <windows.h>
+#else
 #include <dlfcn.h>
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <limits.h>
@@ -133,27 +137,56 @@ static inline void fr_pause(void)
 /* Find openblas_{set,get}_num_threads in the library that defines `blas_symbol` (scipy's
  * sgemm), under the prefixes and suffixes OpenBLAS builds use. Returns 1 if found and
  * the library threads with pthreads (openblas_get_parallel() == 1). */
+/* The loaded library that holds `address` (NULL if none), and a symbol of it: dladdr and
+ * dlopen(RTLD_NOLOAD) where there is dlfcn; the module of the address on Windows. */
+#ifdef _WIN32
+static void *fr_library_of(void *address)
+{
+    HMODULE module = NULL;
+    if (!GetModuleHandleExA(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+                                GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                            (LPCSTR)address, &module))
+        return NULL;
+    return (void *)module;
+}
+
+static void *fr_library_symbol(void *lib, const char *name)
+{
+    return (void *)GetProcAddress((HMODULE)lib, name);
+}
+#else
+static void *fr_library_of(void *address)
+{
+    Dl_info info;
+    if (!dladdr(address, &info) || !info.dli_fname)
+        return NULL;
+    return dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+}
+
+static void *fr_library_symbol(void *lib, const char *name)
+{
+    return dlsym(lib, name);
+}
+#endif
+
 static int fr_blas_bind(void *blas_symbol)
 {
     static const char *prefixes[] = {"", "scipy_"};
     static const char *suffixes[] = {"", "64_", "_64"};
-    Dl_info info;
     char name[64];
-    if (!blas_symbol || !dladdr(blas_symbol, &info) || !info.dli_fname)
-        return 0;
-    void *lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    void *lib = blas_symbol ? fr_library_of(blas_symbol) : NULL;
     if (!lib)
         return 0;
     for (int p = 0; p < 2; p++)
         for (int s = 0; s < 3; s++) {
             snprintf(name, sizeof name, "%sopenblas_get_parallel%s", prefixes[p], suffixes[s]);
-            int (*parallel)(void) = (int (*)(void))dlsym(lib, name);
+            int (*parallel)(void) = (int (*)(void))fr_library_symbol(lib, name);
             if (!parallel)
                 continue;
             snprintf(name, sizeof name, "%sopenblas_set_num_threads%s", prefixes[p], suffixes[s]);
-            void (*set)(int) = (void (*)(int))dlsym(lib, name);
+            void (*set)(int) = (void (*)(int))fr_library_symbol(lib, name);
             snprintf(name, sizeof name, "%sopenblas_get_num_threads%s", prefixes[p], suffixes[s]);
-            int (*get)(void) = (int (*)(void))dlsym(lib, name);
+            int (*get)(void) = (int (*)(void))fr_library_symbol(lib, name);
             /* the handle stays open: the library is loaded for as long as scipy is */
             if (!set || !get || parallel() != 1)
                 return 0;
@@ -355,10 +388,12 @@ static int fr_pool_begin(int want, long warm_spins, int *held)
     int nth = blas < want ? blas : want;
     if (nth < 1)
         nth = 1;
+#ifndef _WIN32 /* no fork there */
     if (!fr_pool.atfork_done) {
         pthread_atfork(NULL, NULL, fr_pool_atfork_child);
         fr_pool.atfork_done = 1;
     }
+#endif
     while (fr_pool.started < nth - 1) {
         pthread_t th;
         pthread_attr_t attr;

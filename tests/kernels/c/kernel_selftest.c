@@ -3,15 +3,16 @@
  * against a plain triple loop and the vector LSTM and GRU cells against the scalar rows.
  * Prints one line a level; exits 1 on any mismatch. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "_ktable.h"
 
-static unsigned long fr_test_seed = 12345;
+static uint64_t fr_test_seed = 12345; /* 64 bits also where long has 32 (Windows) */
 static float rnd(void)
 {
-    fr_test_seed = fr_test_seed * 6364136223846793005UL + 1442695040888963407UL;
+    fr_test_seed = fr_test_seed * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((fr_test_seed >> 40) & 0xFFFF) / 32768.0f - 1.0f;
 }
 
