@@ -87,7 +87,7 @@ COMPILED_AVAILABLE = _compiled_importable()
 # in CI (CI set) they run and fail loudly if the extension is missing.
 skip_no_compiled = pytest.mark.skipif(
     not COMPILED_AVAILABLE and not os.environ.get("CI"),
-    reason="fastrnn._compiled is not built (run `pip install .`); runs in CI",
+    reason="the compiled kernels (fastrnn._kernels) are not built (run `pip install .`)",
 )
 
 BACKENDS = ["reference", pytest.param("compiled", marks=skip_no_compiled)]

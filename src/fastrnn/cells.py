@@ -22,8 +22,9 @@ from numpy.typing import ArrayLike
 
 from .backends import load as _load_backend
 from .backends.spec import CellSpec
-from .io import _cast_in_range
-from .layers.checks import (INT32_MAX, as_float as _as_float, check_bool as _check_bool,
+from .layers import parameters
+from .layers.checks import (INT32_MAX, as_float as _as_float, check_blas_sizes,
+                            check_bool as _check_bool,
                             check_dtype as _check_dtype, check_int as _check_int,
                             contig as _contig, shape_str as _shape_str)
 
@@ -69,9 +70,7 @@ class _CellBase:
         self._spec = CellSpec(mode, self._input_size, self._hidden_size,
                               reset_after=_check_bool(reset_after, "reset_after"))
         G, H, I = self._spec.gates, self._hidden_size, self._input_size
-        if G * H > INT32_MAX:
-            raise ValueError(f"gates*hidden_size must be at most {INT32_MAX} (BLAS int), "
-                             f"got {G * H}")
+        check_blas_sizes(G * H, H)
         self._shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
         if self._bias:
             self._shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
@@ -94,37 +93,13 @@ class _CellBase:
 
     def state_dict(self) -> dict:
         """Copies of the parameters, named and shaped as a PyTorch cell's state_dict."""
-        return {k: np.array(v, dtype=self._dtype, copy=True) for k, v in self.params.items()}
+        return parameters.state_dict(self.params, self._dtype)
 
     def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
         """Load parameters from a mapping of array-likes (a torch cell's state_dict too),
         converted to the cell's dtype and copied into the arrays of ``params``. Raises for
         missing, extra, misshaped or out-of-range entries; nothing changes when it raises."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
-        missing = [k for k in self._shapes if k not in state]
-        extra = [k for k in state if k not in self._shapes]
-        if missing or extra:
-            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {extra}")
-        new = {}
-        for name, shape in self._shapes.items():
-            v = state[name]
-            if hasattr(v, "detach") and hasattr(v, "numpy"):  # a torch tensor
-                v = v.detach().cpu().numpy()
-            a = np.asarray(v)
-            if a.dtype.kind not in "fiu":
-                raise TypeError(f"load_state_dict: {name} must be real numbers, got {a.dtype}")
-            if a.shape != shape:
-                raise ValueError(f"load_state_dict: {name}: expected {_shape_str(shape)}, "
-                                 f"got {_shape_str(a.shape)}")
-            new[name] = _cast_in_range(a, self._dtype, f"load_state_dict: {name}")
-        for name, a in new.items():
-            cur = self.params.get(name)
-            if (type(cur) is np.ndarray and cur.dtype == self._dtype and cur.shape == a.shape
-                    and cur.flags.writeable and cur.flags.c_contiguous):
-                cur[...] = a
-            else:
-                self.params[name] = np.array(a, dtype=self._dtype, order="C", copy=True)
+        parameters.load_state_dict(self.params, self._shapes, self._dtype, state)
 
     def _weights(self) -> dict:
         """The backend's params dict: the parameters as the kernels take them (C order,
@@ -222,8 +197,7 @@ class _CellBase:
         may step before the backward of an earlier step."""
         x, B, batched, user = self._check_x(x)
         h, c = self._check_hx(hx, B, batched)
-        snap = {k: (None if v is None else np.array(v, copy=True))
-                for k, v in self._weights().items()}
+        snap, = parameters.snapshot([self._weights()], getattr(self._be, "copy", np.copy))
         if np.may_share_memory(x, user):  # the cache must not see later changes to x
             x = x.copy()
         h0, c0 = h.copy(), (None if c is None else c.copy())  # the user's may change

@@ -25,9 +25,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import copy
-import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import dask
@@ -44,30 +44,28 @@ from .optim import Optimizer, clip_grad_norm
 __all__ = ["predict", "DataParallel"]
 
 
-def _worker_threads() -> Optional[int]:
-    """The thread count of the distributed worker running this task, or None."""
+def _cap_threads_to_worker() -> None:
+    """On a distributed worker, fastrnn's threads capped at the worker's own thread count
+    (worker processes and their threads then do not oversubscribe the cores); elsewhere
+    (the local schedulers) nothing."""
     try:
         from distributed import get_worker
-    except ImportError:
-        return None
-    try:
-        return get_worker().state.nthreads
-    except (ValueError, AttributeError):  # not on a worker (the local schedulers)
-        return None
-
-
-def _run_chunk(model, x, lengths, outputs):
-    """``model``'s outputs on one chunk, as a tuple of arrays (``outputs`` says how to
-    flatten them)."""
-    threads = _worker_threads()
-    if threads is not None and get_num_threads() != threads:
+        threads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):  # not on a worker
+        return
+    if get_num_threads() != threads:
         set_num_threads(threads)
+
+
+def _run_chunk(model, x, lengths):
+    """``model``'s outputs on one chunk, flattened to a tuple of arrays."""
+    _cap_threads_to_worker()
     lens = None if lengths is None else [int(n) for n in lengths]
     if isinstance(model, _models.Model):
         result = model.predict(x, lens)
     else:
         result = model(x, lengths=lens)
-    return tuple(_flatten(result))[:outputs]
+    return tuple(_flatten(result))
 
 
 def _flatten(result):
@@ -144,7 +142,7 @@ def predict(model: Any, x: "da.Array", lengths: Any = None, *,
     l_blocks = lengths.to_delayed().ravel() if lengths is not None else [None] * len(x_blocks)
     parts = [[] for _ in flat]
     for xb, lb, nb in zip(x_blocks, l_blocks, bchunks):
-        outs = dask.delayed(_run_chunk, nout=len(flat), pure=True)(model_key, xb, lb, len(flat))
+        outs = dask.delayed(_run_chunk, nout=len(flat), pure=True)(model_key, xb, lb)
         for k, (a, axis) in enumerate(zip(flat, axes)):
             shape = list(a.shape)
             shape[axis] = nb
@@ -191,9 +189,7 @@ def _chunk_loss_and_grads(fit_id, template, step, state, x, y, lengths, rows, x_
     when the chunk holds none of the step's rows."""
     if len(rows) == 0:
         return None
-    threads = _worker_threads()
-    if threads is not None and get_num_threads() != threads:
-        set_num_threads(threads)
+    _cap_threads_to_worker()
     model = _worker_model(fit_id, template, step, state)
     xb = np.take(x, rows, axis=x_axis)
     yb = np.take(y, rows, axis=y_axis)
@@ -281,7 +277,7 @@ class DataParallel:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             first = int(saved["epoch"]) + 1
-        fit_id = f"fit-{os.getpid()}-{id(self)}-{np.random.default_rng().integers(2**62)}"
+        fit_id = f"fit-{uuid.uuid4().hex}"
         template = _to_every_worker(client, model)
         steps_per_epoch = -(-N // batch_size)
         losses: list = []

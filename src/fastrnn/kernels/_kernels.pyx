@@ -281,7 +281,6 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     """Plan a prepared forward for the threads it takes alone, and run it."""
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
-    cdef long blas_before
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
@@ -291,12 +290,7 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
         _fwd_plan(kind, L, nth)
         _hold_blas(_fwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop
-        blas_before = fr_blas_calls
-        _stop_begin(stop)
-        with nogil:
-            fr_pool_run(task, L, nth)
-        _stop_end(stop)
-        _log_call(nth, held, blas_before, False)
+        _run_task(task, L, nth, held, stop, False)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:
@@ -442,7 +436,6 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     """Plan a prepared backward for the threads it takes alone, and run it."""
     cdef long slept = fr_slept_waits
     cdef int held = 0, nth
-    cdef long blas_before
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
@@ -451,12 +444,7 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
         _bwd_plan(kind, L, nth)
         _hold_blas(_bwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop
-        blas_before = fr_blas_calls
-        _stop_begin(stop)
-        with nogil:
-            fr_pool_run(task, L, nth)
-        _stop_end(stop)
-        _log_call(nth, held, blas_before, False)
+        _run_task(task, L, nth, held, stop, False)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, L.T)
     finally:

@@ -263,7 +263,6 @@ cdef object _forward_stack(floating kind, Cell cell, x, batch_sizes,
     cdef int *counters = <int *> calloc(n + 1, sizeof(int))  # progress per layer, sleepers
     cdef FwdStack stack
     cdef int held = 0, nth = 1
-    cdef long blas_before
     cdef bint worth = True, calls_blas = False
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
@@ -316,12 +315,7 @@ cdef object _forward_stack(floating kind, Cell cell, x, batch_sizes,
         stack.layers, stack.n = Ls, n
         for k in range(n):
             Ls[k].stop = stop
-        blas_before = fr_blas_calls
-        _stop_begin(stop)
-        with nogil:
-            fr_pool_run(task, &stack, min(nth, 2))
-        _stop_end(stop)
-        _log_call(min(nth, 2), held, blas_before, True)
+        _run_task(task, &stack, min(nth, 2), held, stop, True)
         _last_paired = nth >= 2
         _last_threads = min(nth, 2)
     finally:

@@ -146,6 +146,19 @@ cdef inline void _log_call(int nth, int held, long blas_calls_before, bint one_e
                           one_each))
 
 
+cdef int _run_task(fr_task_fn task, void *ctx, int nth, int held, volatile long *stop,
+                   bint one_each) except -1:
+    """Run a planned call's task on nth threads of the pool (GIL released), stoppable by
+    Ctrl-C (_interrupt.pxi), and log it (log_calls)."""
+    cdef long blas_before = fr_blas_calls
+    _stop_begin(stop)
+    with nogil:
+        fr_pool_run(task, ctx, nth)
+    _stop_end(stop)
+    _log_call(nth, held, blas_before, one_each)
+    return 0
+
+
 cdef long _warm_spins(Py_ssize_t work):
     """The warm_spins of fr_pool_begin for a call of `work` multiply-adds that takes
     threads only while the workers are awake (B1_WARM_ONLY, below B1_WARM_WORK), else 0."""
