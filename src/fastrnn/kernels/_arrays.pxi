@@ -71,7 +71,7 @@ cdef cnp.ndarray _new(int typenum, Py_ssize_t d0, Py_ssize_t d1, bint zero):
         owner = PyCapsule_New(p, NULL, <PyCapsule_Destructor> _block_return)
         PyCapsule_SetContext(owner, <void *> nbytes)
     except BaseException:
-        free(p)
+        fr_free_lines(p)
         raise
     PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t> p, nbytes)
     arr = cnp.PyArray_SimpleNewFromData(nd, dims, typenum, p)

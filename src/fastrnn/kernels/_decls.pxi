@@ -1,5 +1,6 @@
 # The C side as the loops see it: the declarations of the kernel table (_ktable.h), the
-# stop word (_stop.h) and the thread pool (_pool.h), and the cell codes.
+# operating system's parts (_os.h), the stop word (_stop.h) and the thread pool
+# (_pool.h), and the cell codes.
 #
 # Included by _kernels.pyx (one compilation unit with it: every .pxi here is text of that
 # module). Declares only; runs nothing.
@@ -36,6 +37,10 @@ cdef extern from "_ktable.h" nogil:
                          float *out, float *cs, float *gh, const float *x, long nin,
                          const float *packed_ih, float *gx, int *progress, int *wait_on,
                          int *sleepers, long chunk, volatile long *stop)
+
+cdef extern from "_os.h" nogil:
+    void *fr_alloc_lines(size_t nbytes)
+    void fr_free_lines(void *p)
 
 cdef extern from "_stop.h" nogil:
     ctypedef struct fr_stop_word:

@@ -37,7 +37,6 @@ import warnings
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport calloc, free, malloc
-from posix.stdlib cimport posix_memalign
 from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext,
                                PyCapsule_GetPointer, PyCapsule_New, PyCapsule_SetContext)
 from libc.string cimport memcpy, memset

@@ -103,15 +103,46 @@ static const char *const fr_cap_names[FR_CAP_LEVELS] = {"default", "avx2", "avx5
 /* the table in use: the portable one until fr_kt_use picks another */
 static fr_ktable fr_kt = {0};
 
-/* The highest level this CPU (and its OS: GCC's checks include the saved register
- * state) runs. */
+#if FR_X86
+#include <cpuid.h>
+
+/* XCR0, the register state the OS saves (xgetbv(0)); only where CPUID says OSXSAVE */
+static unsigned long long fr_xcr0(void)
+{
+    unsigned lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+#endif
+
+/* The highest level this CPU runs, and its OS saves the registers of: CPUID's feature
+ * bits and XCR0, read here rather than through the compiler's runtime (clang-cl links
+ * none, and its __builtin_cpu_supports needs one). macOS turns the AVX-512 state on at a
+ * thread's first AVX-512 instruction, so XCR0 does not show it beforehand: there AVX-512
+ * counts as saved where the CPU has it (as LLVM's own check does). */
 static int fr_cpu_best_level(void)
 {
 #if FR_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(1, 0, a, b, c, d);
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!osxsave || !avx)
+        return 0;
+    unsigned long long xcr0 = fr_xcr0();
+    if ((xcr0 & 0x6) != 0x6) /* XMM and YMM state */
+        return 0;
+#if defined(__APPLE__)
+    int zmm_saved = 1;
+#else
+    int zmm_saved = (xcr0 & 0xE0) == 0xE0; /* opmask, ZMM0-15 upper halves, ZMM16-31 */
+#endif
+    __cpuid_count(7, 0, a, b, c, d);
+    int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1;
+    if (avx512f && zmm_saved)
         return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (avx2 && fma)
         return 1;
 #endif
     return 0;

@@ -25,64 +25,9 @@
 #ifndef FASTRNN_POOL_H
 #define FASTRNN_POOL_H
 
-#ifdef _WIN32
-#include <windows.h>
-#else
-#include <dlfcn.h>
-#endif
-#include <pthread.h>
-#include <sched.h>
-#include <limits.h>
-#include <stdint.h>
 #include <stdio.h>
-#include <unistd.h>
 
-/* Sleeping on a word until another thread changes it: a futex on Linux; elsewhere (macOS,
- * the BSDs), or with FR_NO_FUTEX (which the tests build to check this path on Linux), one
- * mutex and condition variable shared by every word: a waker broadcasts under the mutex
- * after its store, and a sleeper checks the word under it before waiting, so no wake-up
- * is lost; the sleepers of other words wake too and wait again. */
-#if defined(__linux__) && !defined(FR_NO_FUTEX)
-#include <linux/futex.h>
-#include <sys/syscall.h>
-
-static inline void fr_sleep_while(int *word, int value)
-{
-    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
-}
-
-static inline void fr_wake_all(int *word)
-{
-    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-}
-
-static inline void fr_sleep_after_fork(void) {}
-#else
-static pthread_mutex_t fr_sleep_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t fr_sleep_cond = PTHREAD_COND_INITIALIZER;
-
-static inline void fr_sleep_while(int *word, int value)
-{
-    pthread_mutex_lock(&fr_sleep_lock);
-    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
-        pthread_cond_wait(&fr_sleep_cond, &fr_sleep_lock);
-    pthread_mutex_unlock(&fr_sleep_lock);
-}
-
-static inline void fr_wake_all(int *word)
-{
-    (void)word;
-    pthread_mutex_lock(&fr_sleep_lock);
-    pthread_cond_broadcast(&fr_sleep_cond);
-    pthread_mutex_unlock(&fr_sleep_lock);
-}
-
-static inline void fr_sleep_after_fork(void)
-{
-    pthread_mutex_init(&fr_sleep_lock, NULL);
-    pthread_cond_init(&fr_sleep_cond, NULL);
-}
-#endif
+#include "_os.h"
 
 #define FR_MAX_THREADS 64
 #define FR_MAX_THREADS_1 (FR_MAX_THREADS + 1)
@@ -96,9 +41,9 @@ static inline void fr_sleep_after_fork(void)
 typedef void (*fr_task_fn)(void *ctx, int tid, int nth);
 
 static struct {
-    pthread_mutex_t busy; /* held by the call that owns the workers */
-    pthread_mutex_t lock; /* with wake: where idle workers sleep */
-    pthread_cond_t wake;
+    fr_mutex_t busy; /* held by the call that owns the workers */
+    fr_mutex_t lock; /* with wake: where idle workers sleep */
+    fr_cond_t wake;
     int started; /* workers created: threads 1 .. started */
     unsigned gen; /* bumped for each task */
     unsigned nudge; /* bumped to wake the workers without a task (fr_pool_nudge) */
@@ -112,63 +57,25 @@ static struct {
     int pending_sleepers, bar_sleepers; /* threads asleep (or going to sleep) on those */
     int sense[FR_MAX_THREADS];
     int atfork_done;
-} fr_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+} fr_pool = {FR_MUTEX_INIT, FR_MUTEX_INIT, FR_COND_INIT};
 
 /* The holds of BLAS at one thread in force (fr_blas_hold), under `lock`. */
 static struct {
-    pthread_mutex_t lock;
+    fr_mutex_t lock;
     int count; /* calls holding */
     int saved; /* the count to put back, if `owed` */
     int owed; /* the holds set the count to one: put `saved` back when the last ends */
     int restore_in_child; /* in a child forked while held: the count to put back */
-} fr_hold = {PTHREAD_MUTEX_INITIALIZER};
+} fr_hold = {FR_MUTEX_INIT};
 
 static void (*fr_blas_set_threads)(int) = NULL;
 static int (*fr_blas_get_threads)(void) = NULL;
 static int fr_threads_cap = FR_MAX_THREADS;
 
-static inline void fr_pause(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
 /* Find openblas_{set,get}_num_threads in the library that defines `blas_symbol` (scipy's
  * sgemm), under the prefixes and suffixes OpenBLAS builds use. Returns 1 if found and
- * the library threads with pthreads (openblas_get_parallel() == 1). */
-/* The loaded library that holds `address` (NULL if none), and a symbol of it: dladdr and
- * dlopen(RTLD_NOLOAD) where there is dlfcn; the module of the address on Windows. */
-#ifdef _WIN32
-static void *fr_library_of(void *address)
-{
-    HMODULE module = NULL;
-    if (!GetModuleHandleExA(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
-                                GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
-                            (LPCSTR)address, &module))
-        return NULL;
-    return (void *)module;
-}
-
-static void *fr_library_symbol(void *lib, const char *name)
-{
-    return (void *)GetProcAddress((HMODULE)lib, name);
-}
-#else
-static void *fr_library_of(void *address)
-{
-    Dl_info info;
-    if (!dladdr(address, &info) || !info.dli_fname)
-        return NULL;
-    return dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
-}
-
-static void *fr_library_symbol(void *lib, const char *name)
-{
-    return dlsym(lib, name);
-}
-#endif
-
+ * the library runs its own threads (openblas_get_parallel() == 1: pthreads, or Windows
+ * threads; not OpenMP). */
 static int fr_blas_bind(void *blas_symbol)
 {
     static const char *prefixes[] = {"", "scipy_"};
@@ -187,7 +94,6 @@ static int fr_blas_bind(void *blas_symbol)
             void (*set)(int) = (void (*)(int))fr_library_symbol(lib, name);
             snprintf(name, sizeof name, "%sopenblas_get_num_threads%s", prefixes[p], suffixes[s]);
             int (*get)(void) = (int (*)(void))fr_library_symbol(lib, name);
-            /* the handle stays open: the library is loaded for as long as scipy is */
             if (!set || !get || parallel() != 1)
                 return 0;
             fr_blas_set_threads = set;
@@ -205,7 +111,7 @@ static int fr_blas_bind(void *blas_symbol)
  * stays. */
 static void fr_blas_hold(void)
 {
-    pthread_mutex_lock(&fr_hold.lock);
+    fr_mutex_lock(&fr_hold.lock);
     int n = fr_blas_get_threads();
     if (n != 1) {
         fr_hold.saved = n;
@@ -213,18 +119,18 @@ static void fr_blas_hold(void)
         fr_blas_set_threads(1);
     }
     fr_hold.count++;
-    pthread_mutex_unlock(&fr_hold.lock);
+    fr_mutex_unlock(&fr_hold.lock);
 }
 
 static void fr_blas_release(void)
 {
-    pthread_mutex_lock(&fr_hold.lock);
+    fr_mutex_lock(&fr_hold.lock);
     if (--fr_hold.count == 0 && fr_hold.owed) {
         if (fr_blas_get_threads() == 1)
             fr_blas_set_threads(fr_hold.saved);
         fr_hold.owed = 0;
     }
-    pthread_mutex_unlock(&fr_hold.lock);
+    fr_mutex_unlock(&fr_hold.lock);
 }
 
 /* Waiting: spin a while (the partner is usually microseconds away), then sleep on the
@@ -283,7 +189,7 @@ static void fr_barrier(int tid, int nth)
     fr_wait_while(&fr_pool.bar_sense, !s, &fr_pool.bar_sleepers);
 }
 
-static void *fr_worker(void *arg)
+FR_THREAD_FN(fr_worker)
 {
     int tid = (int)((uintptr_t)arg & 0xFFFF);
     unsigned seen = (unsigned)((uintptr_t)arg >> 16);
@@ -295,15 +201,15 @@ static void *fr_worker(void *arg)
                 fr_pause();
                 continue;
             }
-            pthread_mutex_lock(&fr_pool.lock);
+            fr_mutex_lock(&fr_pool.lock);
             unsigned nudged = fr_pool.nudge;
             __atomic_add_fetch(&fr_pool.asleep, 1, __ATOMIC_SEQ_CST);
             while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen &&
                    fr_pool.nudge == nudged)
-                pthread_cond_wait(&fr_pool.wake, &fr_pool.lock);
+                fr_cond_wait(&fr_pool.wake, &fr_pool.lock);
             __atomic_sub_fetch(&fr_pool.asleep, 1, __ATOMIC_SEQ_CST);
             spins = fr_pool.nudge_spins > FR_IDLE_SPINS ? fr_pool.nudge_spins : FR_IDLE_SPINS;
-            pthread_mutex_unlock(&fr_pool.lock);
+            fr_mutex_unlock(&fr_pool.lock);
             i = 0; /* woken by a task, or nudged: spin again */
         }
         seen = g;
@@ -315,7 +221,7 @@ static void *fr_worker(void *arg)
             __atomic_load_n(&fr_pool.pending_sleepers, __ATOMIC_SEQ_CST) > 0)
             fr_wake_all(&fr_pool.pending);
     }
-    return NULL;
+    FR_THREAD_END;
 }
 
 /* A forked child has none of the parent's workers: start again from none. If the fork
@@ -325,12 +231,12 @@ static void *fr_worker(void *arg)
  * call into OpenBLAS), as the last hold's end would have. */
 static void fr_pool_atfork_child(void)
 {
-    pthread_mutex_init(&fr_pool.busy, NULL);
-    pthread_mutex_init(&fr_pool.lock, NULL);
-    pthread_cond_init(&fr_pool.wake, NULL);
+    fr_mutex_init(&fr_pool.busy);
+    fr_mutex_init(&fr_pool.lock);
+    fr_cond_init(&fr_pool.wake);
     fr_pool.started = 0;
     fr_pool.asleep = 0;
-    pthread_mutex_init(&fr_hold.lock, NULL);
+    fr_mutex_init(&fr_hold.lock);
     fr_sleep_after_fork();
     fr_hold.restore_in_child = fr_hold.count > 0 && fr_hold.owed ? fr_hold.saved : 0;
     fr_hold.count = 0;
@@ -354,11 +260,11 @@ static int fr_pool_warm(void)
  * FR_IDLE_SPINS), so that a call that comes within that time finds them awake. */
 static void fr_pool_nudge(long spins)
 {
-    pthread_mutex_lock(&fr_pool.lock);
+    fr_mutex_lock(&fr_pool.lock);
     fr_pool.nudge++;
     fr_pool.nudge_spins = spins;
-    pthread_cond_broadcast(&fr_pool.wake);
-    pthread_mutex_unlock(&fr_pool.lock);
+    fr_cond_broadcast(&fr_pool.wake);
+    fr_mutex_unlock(&fr_pool.lock);
 }
 
 /* What a call holds until fr_pool_end(held): the workers, and BLAS at one thread. */
@@ -382,27 +288,19 @@ static int fr_pool_begin(int want, long warm_spins, int *held)
         want = FR_MAX_THREADS;
     if (want <= 1 || !fr_blas_get_threads)
         return 1;
-    if (pthread_mutex_trylock(&fr_pool.busy) != 0)
+    if (!fr_mutex_trylock(&fr_pool.busy))
         return 1;
     int blas = fr_blas_get_threads();
     int nth = blas < want ? blas : want;
     if (nth < 1)
         nth = 1;
-#ifndef _WIN32 /* no fork there */
     if (!fr_pool.atfork_done) {
-        pthread_atfork(NULL, NULL, fr_pool_atfork_child);
+        fr_on_fork_child(fr_pool_atfork_child);
         fr_pool.atfork_done = 1;
     }
-#endif
     while (fr_pool.started < nth - 1) {
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         uintptr_t arg = ((uintptr_t)fr_pool.gen << 16) | (uintptr_t)(fr_pool.started + 1);
-        int err = pthread_create(&th, &attr, fr_worker, (void *)arg);
-        pthread_attr_destroy(&attr);
-        if (err)
+        if (fr_thread_start(fr_worker, (void *)arg) != 0)
             break;
         fr_pool.started++;
     }
@@ -413,7 +311,7 @@ static int fr_pool_begin(int want, long warm_spins, int *held)
         nth = 1;
     }
     if (nth <= 1) {
-        pthread_mutex_unlock(&fr_pool.busy);
+        fr_mutex_unlock(&fr_pool.busy);
         return 1;
     }
     *held = FR_HELD_POOL;
@@ -439,7 +337,7 @@ static void fr_pool_end(int held)
     if (held & FR_HELD_BLAS)
         fr_blas_release();
     if (held & FR_HELD_POOL)
-        pthread_mutex_unlock(&fr_pool.busy);
+        fr_mutex_unlock(&fr_pool.busy);
 }
 
 /* Run fn(ctx, tid, nth) on threads 0 .. nth-1 (this one is 0) and wait for all. */
@@ -457,10 +355,10 @@ static void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
     for (int t = 0; t < nth; t++)
         fr_pool.sense[t] = 0;
     __atomic_store_n(&fr_pool.pending, fr_pool.started, __ATOMIC_RELAXED);
-    pthread_mutex_lock(&fr_pool.lock);
+    fr_mutex_lock(&fr_pool.lock);
     __atomic_add_fetch(&fr_pool.gen, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&fr_pool.wake);
-    pthread_mutex_unlock(&fr_pool.lock);
+    fr_cond_broadcast(&fr_pool.wake);
+    fr_mutex_unlock(&fr_pool.lock);
     fn(ctx, 0, nth);
     int left;
     while ((left = __atomic_load_n(&fr_pool.pending, __ATOMIC_ACQUIRE)) > 0)

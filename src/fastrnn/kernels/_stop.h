@@ -20,7 +20,8 @@
 #define FASTRNN_STOP_H
 
 #include <limits.h>
-#include <time.h>
+
+#include "_os.h"
 
 /* A call's stop word, alone on its cache line: every thread reads it at every step, and
  * beside the caller's other locals the line travelled between the cores at each one. */
@@ -38,15 +39,8 @@ static int (*fr_signal_poll)(void) = NULL;
 /* thread-local: read only once every FR_POLL_STEPS steps, as in a shared library each
  * read may be a call (__tls_get_addr), which cost the smallest layers a share of each
  * step (README, performance notes) */
-static __thread int fr_polls;     /* this thread polls (the calling thread of a call) */
-static __thread double fr_poll_last;
-
-static inline double fr_monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static _Thread_local int fr_polls;     /* this thread polls (the calling thread of a call) */
+static _Thread_local double fr_poll_last;
 
 static void fr_poll_now(volatile long *stop, long stamp)
 {

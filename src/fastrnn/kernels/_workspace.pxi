@@ -54,12 +54,10 @@ cdef void *_scratch(size_t nbytes) except NULL:
 
 
 cdef void *_alloc_lines(size_t nbytes) noexcept:
-    """nbytes starting on a cache line (free() releases it), or NULL. The scratch's parts
-    (packed panels, a step's gates) are whole lines apart when H is a multiple of 16."""
-    cdef void *p = NULL
-    if posix_memalign(&p, 64, nbytes) != 0:
-        return NULL
-    return p
+    """nbytes starting on a cache line (fr_free_lines releases it), or NULL. The scratch's
+    parts (packed panels, a step's gates) are whole lines apart when H is a multiple of
+    16."""
+    return fr_alloc_lines(nbytes)
 
 
 cdef void _scratch_free(void *p):
@@ -71,13 +69,13 @@ cdef void _scratch_free(void *p):
             _kept_busy[k] = False
             return
     PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> p)
-    free(p)
+    fr_free_lines(p)
 
 
 cdef void _release_kept(int k):
     if _kept[k] != NULL:
         PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t> _kept[k])
-        free(_kept[k])
+        fr_free_lines(_kept[k])
     _kept[k] = NULL
     _kept_size[k] = 0
 
@@ -132,7 +130,7 @@ cdef void _block_return(object capsule) noexcept:
         _cache_n += 1
         _cache_total += nbytes
     else:
-        free(p)
+        fr_free_lines(p)
 
 
 cdef void *_block_take(size_t *nbytes):
@@ -159,6 +157,6 @@ cdef void _cache_clear():
     global _cache_n, _cache_total
     cdef int i
     for i in range(_cache_n):
-        free(_cache_ptr[i])
+        fr_free_lines(_cache_ptr[i])
     _cache_n = 0
     _cache_total = 0

@@ -1,7 +1,8 @@
 /* The kernel table in C alone, for compilers and targets the Python build does not use
  * here (clang, a cross compiler under qemu): on every level the CPU runs, the packed GEMM
- * against a plain triple loop and the vector LSTM and GRU cells against the scalar rows.
- * Prints one line a level; exits 1 on any mismatch. */
+ * against a plain triple loop and the vector LSTM and GRU cells against the scalar rows,
+ * and the CPU detection against GCC's own. Prints one line a level; exits 1 on any
+ * mismatch. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,9 +84,27 @@ static int check_cells(void)
     return bad;
 }
 
+/* fr_cpu_best_level reads CPUID and XCR0 itself; where the compiler has its own check
+ * (GCC's, which reads both too), the two agree. */
+static int check_detection(void)
+{
+#if FR_X86 && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+    int want = __builtin_cpu_supports("avx512f")                                   ? 2
+               : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
+                                                                                  : 0;
+    if (fr_cpu_best_level() != want) {
+        printf("detection: level %d, the compiler's check says %d\n", fr_cpu_best_level(),
+               want);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
 int main(void)
 {
-    int failed = 0;
+    int failed = check_detection();
     for (int level = 0; level <= fr_cpu_best_level(); level++) {
         if (fr_kt_use(level) != 0)
             return 2;

@@ -1,8 +1,9 @@
 /* The thread pool of _pool.h alone: tasks on 4 threads that meet at barriers and hand
  * counts from thread to thread (fr_set_and_wake / fr_wait_at_least), with pauses long
  * enough that the waiting threads go to sleep on their words, checked against what a
- * single thread computes. Built with the Linux futex and with -DFR_NO_FUTEX (the mutex
- * and condition variable of other systems). Prints "pool: ok". */
+ * single thread computes. Built with each way of sleeping _os.h has: the Linux futex,
+ * Windows' WaitOnAddress, and with -DFR_NO_FUTEX the mutex and condition variable of
+ * other systems. Prints "pool: ok" and the way. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -24,8 +25,12 @@ static struct {
 
 static void nap(long ns)
 {
+#ifdef _WIN32
+    Sleep((DWORD)(ns / 1000000 + 1)); /* whole milliseconds there */
+#else
     struct timespec ts = {0, ns};
     nanosleep(&ts, NULL);
+#endif
 }
 
 static void task(void *ctx, int tid, int nth)
@@ -82,6 +87,6 @@ int main(void)
         }
         nap(5000000); /* the workers go to sleep between calls */
     }
-    printf("pool: ok (%ld waits slept)\n", fr_slept_waits);
+    printf("pool: ok (%s; %ld waits slept)\n", FR_SLEEP_KIND, fr_slept_waits);
     return fr_slept_waits > 0 ? 0 : 2;
 }
