@@ -15,7 +15,8 @@ def set_num_threads(n: int) -> None:
 
     By default a call takes as many threads as scipy's BLAS is set to use
     (``OPENBLAS_NUM_THREADS``, ``threadpoolctl.threadpool_limits``), splitting the batch's
-    sequences between them, and holds that BLAS to one thread while it runs. A batch of
+    sequences between them; a call that calls BLAS from those threads (float64) holds it
+    at one thread while it runs. A batch of
     one sequence splits its hidden units between the threads (H from 128 and a multiple
     of two of the kernels' panels: 32 units with AVX2, 128 with AVX-512), or else projects
     its inputs on them and runs its steps on one; when it is small, only while the
@@ -38,7 +39,8 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The threads a large call with several sequences runs on now: the cap of
     :func:`set_num_threads` or BLAS's thread count, the smaller; 1 where scipy's BLAS is
-    not OpenBLAS with pthreads (its threads then serve the GEMMs alone)."""
+    not an OpenBLAS that runs its own threads (pthreads or Windows threads, not OpenMP):
+    its threads then serve the GEMMs alone."""
     if not _kernels.threads_available():
         return 1
     return max(1, min(_kernels.get_max_threads(), _kernels.blas_threads()))
