@@ -30,7 +30,8 @@ B1_WARM_WORK = 1 << 24
 
 
 def threads_available():
-    """Whether calls can run on several threads (scipy's BLAS is OpenBLAS on pthreads)."""
+    """Whether calls can run on several threads: scipy's BLAS is an OpenBLAS on its own
+    threads (pthreads, or Windows threads), whose count can be held."""
     return bool(_blas_bound)
 
 
