@@ -1,7 +1,8 @@
 """The kernel table compiled apart from the package build, by the compilers and for the
 targets this machine has: gcc and clang natively (every level the CPU runs), the
 portable kernels for aarch64 with a cross compiler, run under qemu-aarch64 when it is
-installed, and Windows x86-64 with mingw-w64, run under Wine when it is installed. Each build runs tests/kernels/c/kernel_selftest.c (the GEMM against a plain loop, the
+installed, musl libc (musl-gcc), and Windows x86-64 with mingw-w64, run under Wine when
+it is installed. Each build runs tests/kernels/c/kernel_selftest.c (the GEMM against a plain loop, the
 vector cells against the scalar rows), and tests/kernels/c/pool_selftest.c the thread pool
 with each way of sleeping. The headers are the installed package's."""
 import os
@@ -65,6 +66,26 @@ def test_aarch64_build_of_the_portable_kernels(tmp_path):
 
 
 POOL_SELFTEST = Path(__file__).parent / "c" / "pool_selftest.c"
+
+
+@pytest.mark.parametrize("program", ["kernels", "pool"])
+def test_musl_build(program, tmp_path):
+    """The kernels and the pool on musl libc (the C library of musllinux wheels), linked
+    statically by Debian's musl-gcc, whose include path has no Linux kernel headers: the
+    futex's constants then come from _os.h."""
+    cc = _need("musl-gcc")
+    src = SELFTEST if program == "kernels" else POOL_SELFTEST
+    out = tmp_path / program
+    res = subprocess.run([cc, *FLAGS, "-static", str(src), "-o", str(out), "-lm"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in _run([str(out)]) if line]
+    if program == "kernels":
+        from fastrnn import _kernels
+
+        assert lines == [f"{cap}: ok" for cap in _kernels.supported_cpu_capabilities()]
+    else:
+        assert len(lines) == 1 and lines[0].startswith("pool: ok (futex;"), lines
 
 
 @pytest.mark.parametrize("sleep", ["futex", "portable"])

@@ -100,8 +100,16 @@ static int fr_thread_start(fr_thread_fn fn, void *arg)
  * the word under it before waiting, so no wake-up is lost; the sleepers of other words
  * wake too and wait again. */
 #if defined(__linux__) && !defined(FR_NO_FUTEX)
-#include <linux/futex.h>
 #include <sys/syscall.h>
+#if defined(__has_include)
+#if __has_include(<linux/futex.h>)
+#include <linux/futex.h>
+#endif
+#endif
+#ifndef FUTEX_WAIT_PRIVATE /* the kernel's ABI, where its headers are not installed (musl) */
+#define FUTEX_WAIT_PRIVATE 128
+#define FUTEX_WAKE_PRIVATE 129
+#endif
 #define FR_SLEEP_KIND "futex"
 
 static inline void fr_sleep_while(int *word, int value)
