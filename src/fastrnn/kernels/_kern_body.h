@@ -283,6 +283,92 @@ static void FR_ISA(fr_gemm_tn)(long m, long n, long K, const float *a, long lda,
     }
 }
 
+/* The few-rows kernel: C[:, j0:j1) = A (m x k, row stride lda) @ W^T [+ C], W stored
+ * (n x k) with row stride ldw as torch stores weights, read in place. A call of a few rows
+ * (one step of a batch of one or a few) multiplies each weight once: packing it first
+ * read and wrote the whole weight to multiply it once, at memory speed at H = 512
+ * (README, performance notes). Here each output is a dot product of a row of A with a
+ * row of W: R rows of W at once (a vector of each along k, shared by the rows of A),
+ * MB rows of A (FRV_FEW_MR), an accumulator for each pair, and a sum of its lanes at
+ * the end. W's block of R rows stays in L1 while the blocks of rows of A pass, so W is
+ * read from memory once a call, whatever m. Every output sums its k products in the
+ * same order whatever m, the block it falls in and [j0, j1): threads that share the rows
+ * of W compute the same bits as one thread. */
+FRK void FR_ISA(fr_few_block)(const int MB, const int R, long k, const float *a, long lda,
+                              const float *w, long ldw, float *c, long ldc, int accumulate)
+{
+    frv acc[FRV_FEW_MR][8];
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++)
+            acc[i][r] = frv_zero();
+    long kk = 0;
+    for (; kk + FRV_N <= k; kk += FRV_N) {
+        frv wr[8];
+        for (int r = 0; r < R; r++)
+            wr[r] = frv_load(w + r * ldw + kk);
+        for (int i = 0; i < MB; i++) {
+            frv ai = frv_load(a + i * lda + kk);
+            for (int r = 0; r < R; r++)
+                acc[i][r] = frv_fma(ai, wr[r], acc[i][r]);
+        }
+    }
+    if (kk < k) { /* the lanes loaded past k are 0 */
+        frv wr[8];
+        for (int r = 0; r < R; r++)
+            wr[r] = frv_load_n(w + r * ldw + kk, k - kk);
+        for (int i = 0; i < MB; i++) {
+            frv ai = frv_load_n(a + i * lda + kk, k - kk);
+            for (int r = 0; r < R; r++)
+                acc[i][r] = frv_fma(ai, wr[r], acc[i][r]);
+        }
+    }
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++) {
+            float sum = frv_hsum(acc[i][r]);
+            c[i * ldc + r] = accumulate ? c[i * ldc + r] + sum : sum;
+        }
+}
+
+/* R rows of W (j .. j + R) against every row of A, FRV_FEW_MR at a time */
+FRK void FR_ISA(fr_few_rows)(const int R, long m, long k, const float *a, long lda,
+                             const float *w, long ldw, float *c, long ldc, int accumulate)
+{
+    long i = 0;
+    for (; i + FRV_FEW_MR <= m; i += FRV_FEW_MR)
+        FR_ISA(fr_few_block)(FRV_FEW_MR, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc,
+                             accumulate);
+    switch (m - i) {
+#if FRV_FEW_MR > 3
+    case 3: FR_ISA(fr_few_block)(3, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+#endif
+#if FRV_FEW_MR > 2
+    case 2: FR_ISA(fr_few_block)(2, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+#endif
+    case 1: FR_ISA(fr_few_block)(1, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+    default: break;
+    }
+}
+
+static void FR_ISA(fr_few)(long m, long k, const float *a, long lda, const float *w, long ldw,
+                           float *c, long ldc, int accumulate, long j0, long j1)
+{
+    long j = j0;
+    if (m == 1) {
+        /* one row of A: 8 rows of W at once, so that 8 independent sums cover the FMA
+         * latency */
+        for (; j + 8 <= j1; j += 8)
+            FR_ISA(fr_few_block)(1, 8, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate);
+    }
+    for (; j + 4 <= j1; j += 4)
+        FR_ISA(fr_few_rows)(4, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate);
+    switch (j1 - j) {
+    case 3: FR_ISA(fr_few_rows)(3, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate); break;
+    case 2: FR_ISA(fr_few_rows)(2, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate); break;
+    case 1: FR_ISA(fr_few_rows)(1, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate); break;
+    default: break;
+    }
+}
+
 /* exp on a vector, as the scalar fr_expf of _cellmath.h: Cody-Waite range reduction
  * x = n ln2 + r, a degree-6 polynomial for e^r, then p * 2^n, and +inf beyond
  * ln(FLT_MAX). The constant is the first operand of min/max so that NaN (the second)
@@ -528,7 +614,7 @@ static float FR_ISA(fr_fma_chains)(long iters)
 #define FR_STR(s) FR_STR_(s)
 static const fr_ktable FR_ISA(fr_kernels) = {
     FR_STR(FRV_SUFFIX), FRK_NR, FRV_MR, FRV_N, 2L * FRV_N * FRV_CHAINS,
-    FR_ISA(fr_pack), FR_ISA(fr_gemm), FR_ISA(fr_gemm_tn), FR_ISA(fr_rnn_row),
+    FR_ISA(fr_pack), FR_ISA(fr_gemm), FR_ISA(fr_gemm_tn), FR_ISA(fr_few), FR_ISA(fr_rnn_row),
     FR_ISA(fr_lstm_row), FR_ISA(fr_gru_row), FR_ISA(fr_seq1_forward), FR_ISA(fr_fma_chains),
     &FR_ISA(fr_rows_f), &FR_ISA(fr_rows_d),
 };
