@@ -137,8 +137,11 @@ cdef object _fwd_prepare(floating kind, FwdLoop *L, Cell cell, bint reverse, bin
     L.npack = (_packed_sizes(False, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
+    L.few = _few_rows(L.npack != 0, cell, N, T, B, P)
+    if L.few:
+        L.npack = L.npack_ih = 0  # nothing is packed
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
-    L.upfront = (not training and not L.split and B == 1
+    L.upfront = (not training and not L.split and B == 1 and not L.few
                  and N * S * H * sizeof(floating) <= UPFRONT_MAX_BYTES)
     L.cell, L.reverse, L.training = cell, reverse, training
     L.N, L.B, L.GH = N, B, GH
@@ -175,8 +178,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     _last_threads = nth
     L.split = split
     _last_split = split
-    gather = nth > 1 and npack == 0 and not upfront
-    if training or upfront:
+    gather = nth > 1 and npack == 0 and not upfront and not L.few
+    if training or upfront or L.few:
         chunk = N  # upfront: nth shares of it, room for the projection of every row
     else:
         # a chunk row costs ld_gates floats of projection, and I more of gathered input
@@ -200,7 +203,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     if fuse_weights is None:
         fuse_weights = CAPABILITY_SEQ1_FUSE_WEIGHTS.get(fr_kt.name.decode(), 0)
     L.fuse = L.seq1 and nth == 1 and GH * I <= fuse_weights and chunk_steps == 0
-    _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
+    _last_path = ("few rows" if L.few else "units split" if split
+                  else "one sequence, projection inside" if L.fuse
                   else "one sequence" if L.seq1 else "batch")
     # W_ih is packed for threads, for the projection inside the one-sequence loop,
     # and for one thread on a batch: OpenBLAS took longer for the same product there
@@ -218,9 +222,11 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     nscratch = rest_at
     # the vanilla RNN's projection, when all rows are projected at once, goes straight
     # into out, where each step's tanh overwrites it in place
-    in_out = ld_gates == H and (training or upfront)
+    in_out = ld_gates == H and (training or upfront or L.few)
     if not training:
-        nscratch += (0 if (in_out or L.fuse) else nth * chunk * ld_gates) + (B * H if P else 0)
+        # (forward_few's threads share one projection of the rows, by columns)
+        nscratch += ((0 if (in_out or L.fuse) else (1 if L.few else nth) * chunk * ld_gates)
+                     + (B * H if P else 0))
         if gather:
             nscratch += nth * chunk * I
     scratch = <floating *> _scratch(nscratch * sizeof(floating))
@@ -268,7 +274,7 @@ cdef object _fwd_result(bint training, tuple prepared):
 cdef inline bint _fwd_calls_blas(const FwdLoop *L):
     """Whether a planned forward calls BLAS: its products are not on the packed kernel
     (double, or the capability's BLAS_STEP_WORK), or its W_ih is not packed."""
-    return L.npack == 0 or not L.pack_ih
+    return not L.few and (L.npack == 0 or not L.pack_ih)
 
 
 cdef inline bint _bwd_calls_blas(const BwdLoop *L):
@@ -285,8 +291,11 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
     try:
-        nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, L.training or L.split or L.upfront,
-                     &held)
+        if L.few:
+            nth = _begin_few(L.GH * (L.inputs + L.Hout), &held)
+        else:
+            nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout,
+                         L.training or L.split or L.upfront, &held)
         _fwd_plan(kind, L, nth)
         _hold_blas(_fwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop

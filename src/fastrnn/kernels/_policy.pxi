@@ -72,8 +72,9 @@ _last_path = "batch"
 
 def last_forward_path():
     """The loop the latest forward call ran: "batch" (forward_loop), "units split"
-    (forward_units), "one sequence" (fr_seq1_forward, inputs projected before the loop) or
-    "one sequence, projection inside" (fr_seq1_forward projecting each step's inputs)."""
+    (forward_units), "one sequence" (fr_seq1_forward, inputs projected before the loop),
+    "one sequence, projection inside" (fr_seq1_forward projecting each step's inputs) or
+    "few rows" (forward_few: the weights multiplied in place, none packed)."""
     return _last_path
 
 
@@ -226,6 +227,40 @@ cdef bint _one_thread_packed(bint backward, Py_ssize_t work):
         return False
     passes = CAPABILITY_ONE_THREAD_PACKED.get(fr_kt.name.decode(), ())
     return ("backward" if backward else "forward") in passes
+
+
+# ---------------------------------------------------------------------------------------
+# Calls of few rows: the weights multiplied in place (fr_few, forward_few)
+
+# A float32 forward of at most this many rows (B*T: one step of a batch of one to a few,
+# or a few steps of one sequence), every sequence T steps long, multiplies W_ih and
+# W_hh in place on the few-rows kernel: the packed kernel packs each weight first, one
+# more read and a write of it, for a product or two (README, performance notes).
+FEW_ROWS_MAX = 8
+
+# ... and threads split its units (each streaming its share of the weights) from this
+# many weights in W_ih and W_hh together; a call below it runs on one thread.
+FEW_THREAD_WEIGHTS = 1 << 17
+
+
+cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize_t B,
+                    Py_ssize_t P) noexcept:
+    """Whether a forward of N rows runs on the few-rows kernel (forward_few): float32 on
+    the kernels (packed: use_packed), no projection, not the reset-before GRU, all
+    sequences of T steps."""
+    return (packed and P == 0 and cell != GRU_BEFORE and N == T * B and 0 < N <= FEW_ROWS_MAX)
+
+
+cdef int _begin_few(Py_ssize_t weights, int *held):
+    """fr_pool_begin for a call of few rows streaming `weights` floats: threads from
+    FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call runs on one
+    thread and wakes them to spin for about twice its time (the weights read at about
+    25 GB/s, a pause loop 30 ns), so that the next call finds them awake and takes two.
+    A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
+    calls at H = 512 alternated between one thread and two."""
+    if weights < FEW_THREAD_WEIGHTS:
+        return fr_pool_begin(1, 0, held)
+    return fr_pool_begin(FR_MAX_THREADS, min(1 << 21, max(1, weights // 100)), held)
 
 
 # ---------------------------------------------------------------------------------------
