@@ -255,12 +255,13 @@ cdef int _begin_few(Py_ssize_t weights, int *held):
     """fr_pool_begin for a call of few rows streaming `weights` floats: threads from
     FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call runs on one
     thread and wakes them to spin for about twice its time (the weights read at about
-    25 GB/s, a pause loop 30 ns), so that the next call finds them awake and takes two.
+    25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the next call finds them awake and takes two.
     A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
     calls at H = 512 alternated between one thread and two."""
     if weights < FEW_THREAD_WEIGHTS:
         return fr_pool_begin(1, 0, held)
-    return fr_pool_begin(FR_MAX_THREADS, min(1 << 21, max(1, weights // 100)), held)
+    return fr_pool_begin(FR_MAX_THREADS,
+                         min(1 << 21, max(1, weights // 100)) if B1_WARM_ONLY else 0, held)
 
 
 # ---------------------------------------------------------------------------------------

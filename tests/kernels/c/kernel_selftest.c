@@ -1,6 +1,7 @@
 /* The kernel table in C alone, for compilers and targets the Python build does not use
  * here (clang, a cross compiler under qemu): on every level the CPU runs, the packed GEMM
- * against a plain triple loop and the vector LSTM and GRU cells against the scalar rows.
+ * and the few-rows kernel against a plain triple loop and the vector LSTM and GRU cells
+ * against the scalar rows.
  * Prints one line a level; exits 1 on any mismatch. */
 #include <math.h>
 #include <stdint.h>
@@ -24,7 +25,7 @@ static int close_enough(double got, double want, double tol)
 static int check_gemm(void)
 {
     static const long ns[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130};
-    static const long ks[] = {1, 7, 33};
+    static const long ks[] = {1, 7, 33, 100};
     int bad = 0;
     for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
         for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)
@@ -38,18 +39,24 @@ static int check_gemm(void)
                 for (long i = 0; i < n * k; i++)
                     w[i] = rnd();
                 fr_pack_panels(1, n, k, w, k, pk, 0, fr_panels(n));
-                fr_gemm_panels(m, n, k, a, k, pk, c, n, 0, 0, fr_panels(n));
-                for (long i = 0; i < m; i++)
-                    for (long j = 0; j < n; j++) {
-                        double want = 0;
-                        for (long kk = 0; kk < k; kk++)
-                            want += (double)a[i * k + kk] * w[j * k + kk];
-                        if (!close_enough(c[i * n + j], want, 1e-5)) {
-                            if (bad++ < 5)
-                                printf("  gemm m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n", m, n,
-                                       k, i, j, c[i * n + j], want);
+                for (int few = 0; few < 2; few++) {
+                    if (few)
+                        fr_few(m, k, a, k, w, k, c, n, 0, 0, n);
+                    else
+                        fr_gemm_panels(m, n, k, a, k, pk, c, n, 0, 0, fr_panels(n));
+                    for (long i = 0; i < m; i++)
+                        for (long j = 0; j < n; j++) {
+                            double want = 0;
+                            for (long kk = 0; kk < k; kk++)
+                                want += (double)a[i * k + kk] * w[j * k + kk];
+                            if (!close_enough(c[i * n + j], want, 1e-5)) {
+                                if (bad++ < 5)
+                                    printf("  %s m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n",
+                                           few ? "few" : "gemm", m, n, k, i, j, c[i * n + j],
+                                           want);
+                            }
                         }
-                    }
+                }
                 free(a), free(w), free(c), free(pk);
             }
     return bad;
