@@ -48,6 +48,12 @@ def paths(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def up_to_16_rows(monkeypatch):
+    """Calls of up to 16 rows take the few-rows loop whatever their weights."""
+    monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 16)
+
+
 def _sizes():
     lanes = _kernels.kernel_blocking()["lanes"]
     return sorted({1, 2, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 37})
@@ -113,17 +119,27 @@ def test_kernel_sums_in_one_order_whatever_the_rows_and_range(cpu_capability):
         np.testing.assert_array_equal(some, full[2:5])
 
 
+def test_how_few_rows_grows_with_the_weights(monkeypatch):
+    assert _kernels.few_rows_max(1) == 4
+    assert _kernels.few_rows_max(1 << 16) == 8
+    assert _kernels.few_rows_max(4 * 512 * 1024) == 16
+    monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 0)
+    assert _kernels.few_rows_max(4 * 512 * 1024) == 0
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_which_calls_take_the_few_rows_loop(cell, paths):
     """Float32 calls of up to FEW_ROWS_MAX rows of full-length sequences; not ragged
     batches, more rows, float64, the LSTM with projection or the reset-before GRU."""
     kind, extra = CELLS[cell]
     runs = cell in FEW_CELLS
-    most = _kernels.FEW_ROWS_MAX
     layer = _layer(kind, extra, np.float32, "compiled", I=5, H=6)
+    most = _kernels.few_rows_max(layer.params["weight_ih_l0"].size
+                                 + layer.params["weight_hh_l0"].size)
+    assert most >= 2
     rng = np.random.default_rng(0)
-    for T, B, few in ((1, 1, runs), (1, most, runs), (2, most // 2, runs), (1, most + 1, False),
-                      (most + 1, 1, False)):
+    for T, B, few in ((1, 1, runs), (1, most, runs), (2, most // 2, runs),
+                      (1, most + 1, False), (most + 1, 1, False)):
         paths.clear()
         layer(rng.standard_normal((T, B, 5)).astype(np.float32))
         assert (paths == ["few rows"]) == few, (cell, T, B, paths)
@@ -153,7 +169,7 @@ def test_a_cells_step_takes_the_few_rows_loop(cell, paths):
 @pytest.mark.parametrize("I, H", [(7, 13), (20, 1), (1, 40)])
 @pytest.mark.parametrize("T, B", [(1, 1), (1, 3), (2, 4), (3, 1)])
 @pytest.mark.parametrize("cell", FEW_CELLS)
-def test_few_rows_agree_with_the_reference(cell, T, B, I, H, paths):
+def test_few_rows_agree_with_the_reference(cell, T, B, I, H, paths, up_to_16_rows):
     """Inference, the training forward and the backward (which reads the activations the
     few-rows loop saved), both directions, two layers."""
     fastrnn.set_num_threads(1)
@@ -168,7 +184,8 @@ def test_few_rows_agree_with_the_reference(cell, T, B, I, H, paths):
 
 @pytest.mark.parametrize("T, B", [(1, 1), (1, 5), (2, 3)])
 @pytest.mark.parametrize("cell", FEW_CELLS)
-def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, paths):
+def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, paths,
+                                                      up_to_16_rows):
     """Two threads split the units (H = 37: the second thread's share is not a whole
     number of vectors), and compute the same bits as one."""
     _need_threads()
@@ -199,7 +216,7 @@ def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, p
 
 
 @pytest.mark.parametrize("cell", FEW_CELLS)
-def test_few_rows_propagate_nan(cell, paths):
+def test_few_rows_propagate_nan(cell, paths, up_to_16_rows):
     fastrnn.set_num_threads(1)
     kind, extra = CELLS[cell]
     layer = _layer(kind, extra, np.float32, "compiled", I=7, H=20)

@@ -137,7 +137,7 @@ cdef object _fwd_prepare(floating kind, FwdLoop *L, Cell cell, bint reverse, bin
     L.npack = (_packed_sizes(False, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
-    L.few = _few_rows(L.npack != 0, cell, N, T, B, P)
+    L.few = _few_rows(L.npack != 0, cell, N, T, B, P, GH * (I + Hout))
     if L.few:
         L.npack = L.npack_ih = 0  # nothing is packed
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)

@@ -232,11 +232,28 @@ cdef bint _one_thread_packed(bint backward, Py_ssize_t work):
 # ---------------------------------------------------------------------------------------
 # Calls of few rows: the weights multiplied in place (fr_few, forward_few)
 
-# A float32 forward of at most this many rows (B*T: one step of a batch of one to a few,
-# or a few steps of one sequence), every sequence T steps long, multiplies W_ih and
-# W_hh in place on the few-rows kernel: the packed kernel packs each weight first, one
-# more read and a write of it, for a product or two (README, performance notes).
-FEW_ROWS_MAX = 8
+# A float32 forward of few rows (B*T: one step of a batch of one to a few, or a few
+# steps of one sequence), every sequence T steps long, multiplies W_ih and W_hh in place
+# on the few-rows kernel: the packed kernel packs each weight first, one more read and a
+# write of it, for a product or two (README, performance notes). How few: up to the
+# rows of the first entry of FEW_ROWS_BY_WEIGHTS whose weights (W_ih and W_hh together)
+# the layer has. The packed kernel won from 8 rows at H = 32 and 64 (LSTM, GRU; weights
+# in L1 and L2 make packing cheap), from 12-16 at H = 128; the few-rows kernel won up to
+# 16 rows at H = 256 and 512 (README, performance notes). FEW_ROWS_MAX, when not None,
+# is the limit whatever the weights (tests set it; 0: never).
+FEW_ROWS_BY_WEIGHTS = ((1 << 18, 16), (1 << 16, 8), (0, 4))
+FEW_ROWS_MAX = None
+
+
+def few_rows_max(Py_ssize_t weights):
+    """The most rows a forward with this many weights in W_ih and W_hh runs on the
+    few-rows kernel."""
+    if FEW_ROWS_MAX is not None:
+        return FEW_ROWS_MAX
+    for least, rows in FEW_ROWS_BY_WEIGHTS:
+        if weights >= least:
+            return rows
+    return 0
 
 # ... and threads split its units (each streaming its share of the weights) from this
 # many weights in W_ih and W_hh together; a call below it runs on one thread.
@@ -244,11 +261,12 @@ FEW_THREAD_WEIGHTS = 1 << 17
 
 
 cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize_t B,
-                    Py_ssize_t P) noexcept:
+                    Py_ssize_t P, Py_ssize_t weights) except -1:
     """Whether a forward of N rows runs on the few-rows kernel (forward_few): float32 on
     the kernels (packed: use_packed), no projection, not the reset-before GRU, all
-    sequences of T steps."""
-    return (packed and P == 0 and cell != GRU_BEFORE and N == T * B and 0 < N <= FEW_ROWS_MAX)
+    sequences of T steps, few enough rows for its weights."""
+    return (packed and P == 0 and cell != GRU_BEFORE and N == T * B and N > 0
+            and N <= few_rows_max(weights))
 
 
 cdef int _begin_few(Py_ssize_t weights, int *held):
