@@ -192,6 +192,9 @@ def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, p
     monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "FEW_THREAD_WEIGHTS", 0)
     monkeypatch.setattr(_kernels, "PAIR_DIRECTIONS", False)
+    # a busy machine can make the threads' waits sleep, pausing the split (tested below)
+    monkeypatch.setattr(_kernels, "FEW_SLEPT_ALLOWED", 1 << 30)
+    _kernels.resume_split()
     kind, extra = CELLS[cell]
     data = _data(kind, extra, T, B, 1, True, seed=5, I=11, H=37)
     layer = _layer(kind, extra, np.float32, "compiled", True, 1, I=11, H=37)
@@ -213,6 +216,36 @@ def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, p
         if k.startswith(("out", "h_n")):
             np.testing.assert_array_equal(two[k], one[k], err_msg=f"{cell}: {k}")
     _compare(two, one, np.float32, f"{cell}: 2 threads vs 1")
+
+
+def test_few_rows_take_one_thread_while_the_split_is_paused(monkeypatch):
+    """Threaded calls of few rows whose waits slept (here every call counts as one) pause
+    the units split as its own calls do, and then run on one thread, the same bits."""
+    _need_threads()
+    monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
+    monkeypatch.setattr(_kernels, "FEW_THREAD_WEIGHTS", 0)
+    monkeypatch.setattr(_kernels, "FEW_SLEPT_ALLOWED", -1)
+    monkeypatch.setattr(_kernels, "SPLIT_BAD_SECONDS", 0.0)
+    monkeypatch.setattr(_kernels, "SPLIT_PAUSE_SECONDS", 60.0)
+    _kernels.resume_split()
+    fastrnn.set_num_threads(2)
+    cell = fastrnn.GRUCell(16, 40, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    h = np.zeros((2, 40), np.float32)
+    try:
+        want = cell(x, h)
+        assert _kernels.last_call_threads() == 2
+        cell(x, h)
+        cell(x, h)
+        assert _kernels.split_paused()
+        got = cell(x, h)
+        assert _kernels.last_call_threads() == 1
+        np.testing.assert_array_equal(got, want)
+        _kernels.resume_split()
+        cell(x, h)
+        assert _kernels.last_call_threads() == 2
+    finally:
+        _kernels.resume_split()
 
 
 @pytest.mark.parametrize("cell", FEW_CELLS)

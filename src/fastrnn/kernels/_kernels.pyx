@@ -195,6 +195,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     chunk = _split_sequences(L.bs, L.T, B, N, nth, L.seqs,
                              0 if (nth > 1 and not gather and not split and not upfront)
                              else chunk)
+    if L.few:
+        chunk = N  # forward_few projects every row at once, its threads by columns
     # one sequence on the packed kernel, not split: fr_seq1_forward, which on one
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
@@ -301,7 +303,9 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
         L.stop = stop
         _run_task(task, L, nth, held, stop, False)
         if L.split:
-            _note_split_waits(fr_slept_waits - slept, L.T)
+            _note_split_waits(fr_slept_waits - slept, _split_slept_allowed(L.T))
+        elif L.few and nth > 1:
+            _note_split_waits(fr_slept_waits - slept, FEW_SLEPT_ALLOWED)
     finally:
         fr_pool_end(held)
     return 0
@@ -455,7 +459,7 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
         L.stop = stop
         _run_task(task, L, nth, held, stop, False)
         if L.split:
-            _note_split_waits(fr_slept_waits - slept, L.T)
+            _note_split_waits(fr_slept_waits - slept, _split_slept_allowed(L.T))
     finally:
         fr_pool_end(held)
     return 0

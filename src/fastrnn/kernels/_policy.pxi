@@ -258,6 +258,9 @@ def few_rows_max(Py_ssize_t weights):
 # ... and threads split its units (each streaming its share of the weights) from this
 # many weights in W_ih and W_hh together; a call below it runs on one thread.
 FEW_THREAD_WEIGHTS = 1 << 17
+# ... and a threaded call of few rows counts as a bad one for the units split's pause
+# (_note_split_waits) when more of its waits than this slept (tests set it)
+FEW_SLEPT_ALLOWED = 0
 
 
 cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize_t B,
@@ -275,8 +278,13 @@ cdef int _begin_few(Py_ssize_t weights, int *held):
     thread and wakes them to spin for about twice its time (the weights read at about
     25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the next call finds them awake and takes two.
     A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
-    calls at H = 512 alternated between one thread and two."""
-    if weights < FEW_THREAD_WEIGHTS:
+    calls at H = 512 alternated between one thread and two. Its threads meet at every
+    step, as the units split's: they take one thread while that is paused, and a call
+    of few rows in which a wait slept at all counts as a bad one (_note_split_waits:
+    such a call is short, and its one or two waits only sleep when a thread lost its
+    core; under a one-core hog a call at H = 512 then took twice as long as on one
+    thread: README, performance notes)."""
+    if weights < FEW_THREAD_WEIGHTS or split_paused():
         return fr_pool_begin(1, 0, held)
     return fr_pool_begin(FR_MAX_THREADS,
                          min(1 << 21, max(1, weights // 100)) if B1_WARM_ONLY else 0, held)
@@ -332,9 +340,16 @@ cdef double _split_bad_since = 0.0
 cdef int _split_bad_calls = 0
 
 
-def _note_split_waits(long slept, Py_ssize_t steps):
+def _split_slept_allowed(Py_ssize_t steps):
+    """The waits that may sleep in a units split call of this many steps."""
+    return max(SPLIT_SLEPT_MIN, SPLIT_SLEPT_PER_STEP * steps)
+
+
+def _note_split_waits(long slept, allowed):
+    """Count a call whose threads split the units and slept `slept` waits in its steps:
+    more than `allowed` makes it a bad call."""
     global _split_paused_until, _split_bad_since, _split_bad_calls
-    if slept <= max(SPLIT_SLEPT_MIN, SPLIT_SLEPT_PER_STEP * steps):
+    if slept <= allowed:
         _split_bad_calls = 0
         return
     now = time.monotonic()
