@@ -1,13 +1,15 @@
-"""Calls of few rows (``forward_few``): a forward of at most ``FEW_ROWS_MAX`` rows (one
-step of a batch of one to a few, or a few steps of one sequence) multiplies its weights in
-place on the few-rows kernel (``fr_few``), packing none; on every capability this CPU runs.
+"""Calls of few rows (``forward_few``, ``backward_few``): a call of a few rows (one step of
+a batch of one to a few, or a few steps of one sequence) multiplies its weights in place
+on the few-rows kernels (``fr_few``: x @ W^T; ``fr_few_nn``: dG @ W in the backward),
+packing none; on every capability this CPU runs.
 
-Checked here: the kernel against NumPy at sizes around the vector width (k not a multiple
-of it, one row of W, one to many rows of A), with row strides, accumulation and a range of
-rows of W, each output the same bits whatever the rows and the range; which calls take the
-few-rows loop; its results against the reference through inference, the training forward
-and the backward, every cell it runs, both directions, stacked; the same bits on one and
-two threads, and for a cell's step and the layer's one-step call.
+Checked here: the kernels against NumPy at sizes around the vector width (k not a
+multiple of it, one row of W, one to many rows of A), with row strides, accumulation and
+a range of W's rows (columns), each output the same bits whatever the rows and the range;
+how many rows, by the weights; which calls take the few-rows loops; their results against
+the reference through inference, the training forward and the backward, every cell they
+run, both directions, stacked; the same bits on one and two threads; one thread while the
+units split is paused.
 """
 import numpy as np
 import pytest
@@ -127,6 +129,39 @@ def test_how_few_rows_grows_with_the_weights(monkeypatch):
     assert _kernels.few_rows_max(4 * 512 * 1024) == 0
 
 
+def test_kernel_of_a_weight_not_transposed_matches_numpy(cpu_capability):
+    """fr_few_nn, C = A @ W with W (k x n) read in place (the backward's dG @ W): sizes
+    around the vector width and its blocks of 4 rows of W, strides, accumulation and a
+    range of columns that writes exactly those."""
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3, 4, 5, 9, 17):
+        for n in _sizes():
+            for m in range(1, 10):
+                a_wide = rng.standard_normal((m, k + 2)).astype(np.float32)
+                w_wide = rng.standard_normal((k, n + 3)).astype(np.float32)
+                a, w = a_wide[:, :k], w_wide[:, :n]
+                want = a.astype(np.float64) @ w.astype(np.float64)
+                c = np.full((m, n), np.nan, np.float32)
+                _kernels._kernel_few_nn(a, w, c)
+                np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{cpu_capability} m={m} n={n} k={k}")
+                c_wide = rng.standard_normal((m, n + 5)).astype(np.float32)
+                before = c_wide.copy()
+                _kernels._kernel_few_nn(a, w, c_wide[:, :n], accumulate=True)
+                np.testing.assert_allclose(c_wide[:, :n], before[:, :n] + want, rtol=1e-5,
+                                           atol=1e-5)
+                np.testing.assert_array_equal(c_wide[:, n:], before[:, n:])
+                j0, j1 = n // 3, n - n // 4
+                part = np.full((m, n), -7.0, np.float32)
+                _kernels._kernel_few_nn(a, w, part, j0=j0, j1=j1)
+                # each output sums in the order of k whatever the range: the same bits
+                np.testing.assert_array_equal(part[:, j0:j1], c[:, j0:j1])
+                assert (part[:, :j0] == -7.0).all() and (part[:, j1:] == -7.0).all()
+                one = np.zeros((1, n), np.float32)
+                _kernels._kernel_few_nn(a[m - 1:], w, one)
+                np.testing.assert_array_equal(one[0], c[m - 1])
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_which_calls_take_the_few_rows_loop(cell, paths):
     """Float32 calls of up to FEW_ROWS_MAX rows of full-length sequences; not ragged
@@ -164,6 +199,10 @@ def test_a_cells_step_takes_the_few_rows_loop(cell, paths):
     h = np.zeros((3, 7), np.float32)
     c(x, (h, h) if kind == "LSTM" else h)
     assert paths == ["few rows"]
+    new, cache = c.forward(x, (h, h) if kind == "LSTM" else h)
+    assert paths == ["few rows"] * 2
+    c.backward(cache, *((h, h) if kind == "LSTM" else (h,)))
+    assert _kernels.last_backward_path() == "few rows"
 
 
 @pytest.mark.parametrize("I, H", [(7, 13), (20, 1), (1, 40)])
@@ -179,6 +218,7 @@ def test_few_rows_agree_with_the_reference(cell, T, B, I, H, paths, up_to_16_row
     got = _run(_layer(kind, extra, np.float32, "compiled", True, 2, I=I, H=H), *data, None)
     # per layer and direction: inference, then the training forward
     assert paths == ["few rows"] * 8, cell
+    assert _kernels.last_backward_path() == "few rows"
     _compare(got, {k: v.astype(np.float32) for k, v in ref.items()}, np.float32, cell)
 
 
@@ -191,6 +231,7 @@ def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, p
     _need_threads()
     monkeypatch.setattr(_kernels, "B1_WARM_ONLY", False)
     monkeypatch.setattr(_kernels, "FEW_THREAD_WEIGHTS", 0)
+    monkeypatch.setattr(_kernels, "THREAD_CALL_WORK", 0)  # the backward's threads
     monkeypatch.setattr(_kernels, "PAIR_DIRECTIONS", False)
     # a busy machine can make the threads' waits sleep, pausing the split (tested below)
     monkeypatch.setattr(_kernels, "FEW_SLEPT_ALLOWED", 1 << 30)
@@ -202,20 +243,18 @@ def test_few_rows_on_two_threads_give_the_bits_of_one(cell, T, B, monkeypatch, p
     one = _run(layer, *data, None)
     fastrnn.set_num_threads(2)
     threads = []
-    real = _kernels.forward_both
+    for name in ("forward_both", "backward_both"):
+        def recording(*args, _real=getattr(_kernels, name)):
+            res = _real(*args)
+            threads.append(_kernels.last_call_threads())  # the reverse direction's
+            return res
 
-    def recording(*args):
-        res = real(*args)
-        threads.append(_kernels.last_call_threads())  # the reverse direction's
-        return res
-
-    monkeypatch.setattr(_kernels, "forward_both", recording)
+        monkeypatch.setattr(_kernels, name, recording)
     two = _run(layer, *data, None)
-    assert threads == [2] * 2, threads  # inference, training forward
+    assert threads == [2] * 3, threads  # inference, training forward, backward
+    assert list(two) == list(one)
     for k in one:
-        if k.startswith(("out", "h_n")):
-            np.testing.assert_array_equal(two[k], one[k], err_msg=f"{cell}: {k}")
-    _compare(two, one, np.float32, f"{cell}: 2 threads vs 1")
+        np.testing.assert_array_equal(two[k], one[k], err_msg=f"{cell}: {k}")
 
 
 def test_few_rows_take_one_thread_while_the_split_is_paused(monkeypatch):

@@ -1,7 +1,7 @@
 # Forward through time, one direction of one layer: the loop struct (FwdLoop), the cells
 # of a row, the batch loop (forward_loop), the input projection of every row
-# (project_rows), the units split of one sequence (forward_units), and the tasks the pool
-# runs.
+# (project_rows), the units split of one sequence (forward_units), the loop of calls of
+# few rows on weights read in place (forward_few), and the tasks the pool runs.
 #
 # Included by _kernels.pyx. Runs without the GIL on what _fwd_prepare and _fwd_plan put in
 # FwdLoop; writes only the outputs, states and scratch given there.

@@ -1,7 +1,8 @@
 /* The float32 kernels, written once over the vector operations of a _simd_*.h and
  * included by _ktable.h once per ISA (each time inside that ISA's target region, every
- * name suffixed by FR_ISA): the packing and the GEMMs of the recurrent step, the vector
- * exp/tanh/sigmoid and cells, and the time loop of one sequence.
+ * name suffixed by FR_ISA): the packing and the GEMMs of the recurrent step, the
+ * few-rows kernel that multiplies a weight in place, the vector exp/tanh/sigmoid and
+ * cells, and the time loop of one sequence.
  *
  * The packed GEMM. Each step of the time loop multiplies a few rows (the batch) by the
  * same weight (W_hh^T forward, W_hh backward). BLAS packs that weight again on every
@@ -369,6 +370,74 @@ static void FR_ISA(fr_few)(long m, long k, const float *a, long lda, const float
     }
 }
 
+/* The few-rows kernel for a weight not transposed: C[:, j0:j1) = A (m x k, row stride
+ * lda) @ W[:, j0:j1) [+ C], W stored (k x n) with row stride ldw (the backward's dG @ W,
+ * W as torch stores it), read in place, each row once and in order: C's rows are
+ * updated by KB = 4 rows of W at a time (a broadcast of A's entry times a vector of the
+ * row), the rows of C staying in L1 while W streams, FRV_FEW_MR rows of A at a time
+ * over the same rows of W (still in L1). Every output sums its k products in the order
+ * of k, whatever m and [j0, j1). */
+FRK void FR_ISA(fr_few_nn_block)(const int MB, const int KB, long n, const float *a, long lda,
+                                 const float *w, long ldw, float *c, long ldc)
+{
+    frv av[FRV_FEW_MR][4];
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < KB; r++)
+            av[i][r] = frv_set1(a[i * lda + r]);
+    for (long j = 0; j < n; j += FRV_N) {
+        long left = n - j;
+        frv wv[4];
+        for (int r = 0; r < KB; r++)
+            wv[r] = frv_load_n(w + r * ldw + j, left);
+        for (int i = 0; i < MB; i++) {
+            frv acc = frv_load_n(c + i * ldc + j, left);
+            for (int r = 0; r < KB; r++)
+                acc = frv_fma(av[i][r], wv[r], acc);
+            frv_store_n(c + i * ldc + j, left, acc);
+        }
+    }
+}
+
+FRK void FR_ISA(fr_few_nn_rows)(const int KB, long m, long n, const float *a, long lda,
+                                const float *w, long ldw, float *c, long ldc)
+{
+    long i = 0;
+    for (; i + FRV_FEW_MR <= m; i += FRV_FEW_MR)
+        FR_ISA(fr_few_nn_block)(FRV_FEW_MR, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc);
+    switch (m - i) {
+#if FRV_FEW_MR > 3
+    case 3: FR_ISA(fr_few_nn_block)(3, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc); break;
+#endif
+#if FRV_FEW_MR > 2
+    case 2: FR_ISA(fr_few_nn_block)(2, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc); break;
+#endif
+    case 1: FR_ISA(fr_few_nn_block)(1, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc); break;
+    default: break;
+    }
+}
+
+static void FR_ISA(fr_few_nn)(long m, long k, const float *a, long lda, const float *w,
+                              long ldw, float *c, long ldc, int accumulate, long j0, long j1)
+{
+    long n = j1 - j0;
+    if (n <= 0)
+        return;
+    w += j0;
+    c += j0;
+    if (!accumulate)
+        for (long i = 0; i < m; i++)
+            memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+    long kk = 0;
+    for (; kk + 4 <= k; kk += 4)
+        FR_ISA(fr_few_nn_rows)(4, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc);
+    switch (k - kk) {
+    case 3: FR_ISA(fr_few_nn_rows)(3, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc); break;
+    case 2: FR_ISA(fr_few_nn_rows)(2, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc); break;
+    case 1: FR_ISA(fr_few_nn_rows)(1, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc); break;
+    default: break;
+    }
+}
+
 /* exp on a vector, as the scalar fr_expf of _cellmath.h: Cody-Waite range reduction
  * x = n ln2 + r, a degree-6 polynomial for e^r, then p * 2^n, and +inf beyond
  * ln(FLT_MAX). The constant is the first operand of min/max so that NaN (the second)
@@ -614,7 +683,8 @@ static float FR_ISA(fr_fma_chains)(long iters)
 #define FR_STR(s) FR_STR_(s)
 static const fr_ktable FR_ISA(fr_kernels) = {
     FR_STR(FRV_SUFFIX), FRK_NR, FRV_MR, FRV_N, 2L * FRV_N * FRV_CHAINS,
-    FR_ISA(fr_pack), FR_ISA(fr_gemm), FR_ISA(fr_gemm_tn), FR_ISA(fr_few), FR_ISA(fr_rnn_row),
+    FR_ISA(fr_pack), FR_ISA(fr_gemm), FR_ISA(fr_gemm_tn), FR_ISA(fr_few), FR_ISA(fr_few_nn),
+    FR_ISA(fr_rnn_row),
     FR_ISA(fr_lstm_row), FR_ISA(fr_gru_row), FR_ISA(fr_seq1_forward), FR_ISA(fr_fma_chains),
     &FR_ISA(fr_rows_f), &FR_ISA(fr_rows_d),
 };

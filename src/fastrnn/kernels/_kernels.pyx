@@ -282,7 +282,7 @@ cdef inline bint _fwd_calls_blas(const FwdLoop *L):
 cdef inline bint _bwd_calls_blas(const BwdLoop *L):
     """Whether a planned backward calls BLAS: not on the packed kernel, or on one thread
     (whose merged GEMMs are BLAS's)."""
-    return L.ppacked == NULL or L.pbpack == NULL
+    return (L.ppacked == NULL and not L.few) or L.pbpack == NULL
 
 
 cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
@@ -390,6 +390,9 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
     L.npack = (_packed_sizes(True, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
+    L.few = _few_rows(L.npack != 0, cell, N, T, B, P, GH * (I + Hout))
+    if L.few:
+        L.npack = L.npack_ih = 0  # nothing is packed
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
     L.cell, L.reverse = cell, reverse
     L.B, L.GH = B, GH
@@ -411,19 +414,22 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
 cdef int _bwd_plan(floating kind, BwdLoop *L, int nth) except -1:
     """The part of a prepared backward that depends on its nth threads: the units split,
     the sequences of each thread, and the scratch."""
-    global _last_threads, _last_split
+    global _last_threads, _last_split, _last_bwd_path
     cdef Py_ssize_t N = L.N, ld_dg = L.ld_dg, Hout = L.Hout, P = L.P, npack = L.npack
     cdef Py_ssize_t nbpack = 0, nscratch
     cdef floating *pdg
     _last_threads = nth
     L.split = L.split and nth > 1
     _last_split = L.split
+    _last_bwd_path = "few rows" if L.few else "units split" if L.split else "batch"
     _split_sequences(L.bs, L.T, L.B, N, nth, L.seqs, 0)
     # W_ih and the merged GEMMs' blocks are packed for threads; on one thread they are
     # BLAS's but from THREAD_CALL_WORK where _one_thread_packed says so
     if npack and nth == 1 and not _one_thread_packed(True, L.N * L.GH * (L.inputs + Hout)):
         npack -= L.npack_ih
-    elif npack:
+    elif npack or L.few:
+        # (a call of few rows: the weight gradients on the kernels, dG^T times a block of
+        # its few rows packed, and no BLAS call)
         nbpack = fr_packed_size(max(L.inputs, L.H, Hout), FR_KC)
     nscratch = N * ld_dg + N * Hout + N * P + L.B * L.H + npack + nth * nbpack
     pdg = <floating *> _scratch(nscratch * sizeof(floating))
@@ -453,6 +459,9 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
     try:
+        # (a call of few rows too: with the forward's _begin_few, whose workers woken for
+        # a backward spin about as long as it runs, backward calls at H = 256 on a busy
+        # machine ran about twice as slow, the worker taking turns with the call's thread)
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
         _bwd_plan(kind, L, nth)
         _hold_blas(_bwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
@@ -460,6 +469,8 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
         _run_task(task, L, nth, held, stop, False)
         if L.split:
             _note_split_waits(fr_slept_waits - slept, _split_slept_allowed(L.T))
+        elif L.few and nth > 1:
+            _note_split_waits(fr_slept_waits - slept, FEW_SLEPT_ALLOWED)
     finally:
         fr_pool_end(held)
     return 0

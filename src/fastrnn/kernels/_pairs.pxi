@@ -96,7 +96,11 @@ cdef object _forward_both(floating kind, Cell cell, bint training, x,
             _fwd_release(&A)  # its workspace, for the second
             _fwd_run(kind, &R)
             return _fwd_result(training, ra), _fwd_result(training, rr)
-        nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
+        if A.few:
+            # (memory-bound: its spin reckoned from the weights, not the multiply-adds)
+            nth = fr_pool_begin(2, _few_spins(2 * A.GH * (A.inputs + A.Hout)), &held)
+        else:
+            nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         # each direction alone on its thread: no units split; one sequence then projects
         # its inputs up front in inference, as on one thread
         A.split = R.split = False

@@ -2,8 +2,9 @@
 # _want_threads, _begin), whether BLAS is held at one thread (_hold_blas), which products
 # run on the packed kernels (BLAS_STEP_WORK, use_packed, _one_thread_packed), how the
 # sequences are shared (_split_sequences), whether threads split one sequence's units
-# (_split_units, and its pause after calls that kept waiting), whether two loops run at
-# once (_pair_worth), and what the latest call chose (last_call_*, for tests).
+# (_split_units, and its pause after calls that kept waiting), whether a call of few rows
+# multiplies its weights in place (_few_rows, _begin_few), whether two loops run at once
+# (_pair_worth), and what the latest call chose (last_call_*, for tests).
 #
 # Included by _kernels.pyx. Reads sizes and the kernel table, sets the module's
 # bookkeeping of the latest call; touches no array and runs no loop. The Python-level
@@ -76,6 +77,15 @@ def last_forward_path():
     "one sequence, projection inside" (fr_seq1_forward projecting each step's inputs) or
     "few rows" (forward_few: the weights multiplied in place, none packed)."""
     return _last_path
+
+
+_last_bwd_path = "batch"
+
+
+def last_backward_path():
+    """The loop the latest backward call ran: "batch" (backward_loop), "units split"
+    (backward_units) or "few rows" (backward_few: W_hh and W_ih multiplied in place)."""
+    return _last_bwd_path
 
 
 cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
@@ -273,11 +283,11 @@ cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize
 
 
 cdef int _begin_few(Py_ssize_t weights, int *held):
-    """fr_pool_begin for a call of few rows streaming `weights` floats: threads from
-    FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call runs on one
-    thread and wakes them to spin for about twice its time (the weights read at about
-    25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the next call finds them awake and takes two.
-    A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
+    """fr_pool_begin for a forward of few rows with `weights` floats in W_ih and W_hh:
+    threads from FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call
+    runs on one thread and wakes them to spin for about twice its time (the weights read
+    at about 25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the next call
+    finds them awake and takes two. A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
     calls at H = 512 alternated between one thread and two. Its threads meet at every
     step, as the units split's: they take one thread while that is paused, and a call
     of few rows in which a wait slept at all counts as a bad one (_note_split_waits:
@@ -286,8 +296,13 @@ cdef int _begin_few(Py_ssize_t weights, int *held):
     thread: README, performance notes)."""
     if weights < FEW_THREAD_WEIGHTS or split_paused():
         return fr_pool_begin(1, 0, held)
-    return fr_pool_begin(FR_MAX_THREADS,
-                         min(1 << 21, max(1, weights // 100)) if B1_WARM_ONLY else 0, held)
+    return fr_pool_begin(FR_MAX_THREADS, _few_spins(weights), held)
+
+
+cdef long _few_spins(Py_ssize_t weights):
+    """The warm_spins of fr_pool_begin for calls of few rows that stream `weights` floats
+    on one thread (as _begin_few), or 0 where B1_WARM_ONLY is off."""
+    return min(1 << 21, max(1, weights // 100)) if B1_WARM_ONLY else 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 /* The kernel table in C alone, for compilers and targets the Python build does not use
  * here (clang, a cross compiler under qemu): on every level the CPU runs, the packed GEMM
- * and the few-rows kernel against a plain triple loop and the vector LSTM and GRU cells
+ * and the few-rows kernels against a plain triple loop and the vector LSTM and GRU cells
  * against the scalar rows.
  * Prints one line a level; exits 1 on any mismatch. */
 #include <math.h>
@@ -62,6 +62,37 @@ static int check_gemm(void)
     return bad;
 }
 
+/* C = A @ W with W (k x n) read in place (fr_few_nn) */
+static int check_few_nn(void)
+{
+    static const long ns[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 65};
+    static const long ks[] = {1, 2, 3, 4, 5, 9, 33};
+    int bad = 0;
+    for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
+        for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)
+            for (long m = 1; m <= 9; m++) {
+                long n = ns[in], k = ks[ik];
+                float *a = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * k * n);
+                float *c = malloc(sizeof(float) * m * n);
+                for (long i = 0; i < m * k; i++)
+                    a[i] = rnd();
+                for (long i = 0; i < k * n; i++)
+                    w[i] = rnd();
+                fr_few_nn(m, k, a, k, w, n, c, n, 0, 0, n);
+                for (long i = 0; i < m; i++)
+                    for (long j = 0; j < n; j++) {
+                        double want = 0;
+                        for (long kk = 0; kk < k; kk++)
+                            want += (double)a[i * k + kk] * w[kk * n + j];
+                        if (!close_enough(c[i * n + j], want, 1e-5) && bad++ < 5)
+                            printf("  few_nn m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n", m, n, k,
+                                   i, j, c[i * n + j], want);
+                    }
+                free(a), free(w), free(c);
+            }
+    return bad;
+}
+
 static int check_cells(void)
 {
     int bad = 0;
@@ -96,7 +127,7 @@ int main(void)
     for (int level = 0; level <= fr_cpu_best_level(); level++) {
         if (fr_kt_use(level) != 0)
             return 2;
-        int bad = check_gemm() + check_cells();
+        int bad = check_gemm() + check_few_nn() + check_cells();
         printf("%s: %s\n", fr_kt.name, bad ? "FAILED" : "ok");
         failed |= bad != 0;
     }
