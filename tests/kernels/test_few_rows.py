@@ -52,8 +52,9 @@ def paths(monkeypatch):
 
 @pytest.fixture
 def up_to_16_rows(monkeypatch):
-    """Calls of up to 16 rows take the few-rows loop whatever their weights."""
+    """Calls of up to 16 rows take the few-rows loops whatever their weights."""
     monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 16)
+    monkeypatch.setattr(_kernels, "FEW_BACKWARD_WEIGHTS", 0)
 
 
 def _sizes():
@@ -187,7 +188,7 @@ def test_which_calls_take_the_few_rows_loop(cell, paths):
 
 
 @pytest.mark.parametrize("cell", FEW_CELLS)
-def test_a_cells_step_takes_the_few_rows_loop(cell, paths):
+def test_a_cells_step_takes_the_few_rows_loop(cell, paths, monkeypatch):
     kind, extra = CELLS[cell]
     make = {"LSTM": fastrnn.LSTMCell, "GRU": fastrnn.GRUCell}.get(kind)
     if make is None:
@@ -201,7 +202,11 @@ def test_a_cells_step_takes_the_few_rows_loop(cell, paths):
     assert paths == ["few rows"]
     new, cache = c.forward(x, (h, h) if kind == "LSTM" else h)
     assert paths == ["few rows"] * 2
-    c.backward(cache, *((h, h) if kind == "LSTM" else (h,)))
+    dh = (h, h) if kind == "LSTM" else (h,)
+    c.backward(cache, *dh)
+    assert _kernels.last_backward_path() == "batch"  # below FEW_BACKWARD_WEIGHTS
+    monkeypatch.setattr(_kernels, "FEW_BACKWARD_WEIGHTS", 0)
+    c.backward(cache, *dh)
     assert _kernels.last_backward_path() == "few rows"
 
 

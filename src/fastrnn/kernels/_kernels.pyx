@@ -390,7 +390,8 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
     L.npack = (_packed_sizes(True, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
-    L.few = _few_rows(L.npack != 0, cell, N, T, B, P, GH * (I + Hout))
+    L.few = (_few_rows(L.npack != 0, cell, N, T, B, P, GH * (I + Hout))
+             and GH * (I + Hout) >= FEW_BACKWARD_WEIGHTS)
     if L.few:
         L.npack = L.npack_ih = 0  # nothing is packed
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)

@@ -265,6 +265,11 @@ def few_rows_max(Py_ssize_t weights):
             return rows
     return 0
 
+# A backward of few rows runs on the few-rows kernels from this many weights (W_ih and
+# W_hh): at H = 128 it was 5-15% slower than on the packed kernels (GRU B=1, LSTM B=4),
+# level at H = 256, and twice as fast for the LSTM at H = 512 (README, performance notes).
+FEW_BACKWARD_WEIGHTS = 1 << 18
+
 # ... and threads split its units (each streaming its share of the weights) from this
 # many weights in W_ih and W_hh together; a call below it runs on one thread.
 FEW_THREAD_WEIGHTS = 1 << 17
