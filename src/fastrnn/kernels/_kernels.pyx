@@ -294,7 +294,7 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     cdef volatile long *stop = &stop_word.word
     try:
         if L.few:
-            nth = _begin_few(L.GH * (L.inputs + L.Hout), &held)
+            nth = _begin_few(L.GH * (L.inputs + L.Hout), L.N, &held)
         else:
             nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout,
                          L.training or L.split or L.upfront, &held)

@@ -98,7 +98,7 @@ cdef object _forward_both(floating kind, Cell cell, bint training, x,
             return _fwd_result(training, ra), _fwd_result(training, rr)
         if A.few:
             # (memory-bound: its spin reckoned from the weights, not the multiply-adds)
-            nth = fr_pool_begin(2, _few_spins(2 * A.GH * (A.inputs + A.Hout)), &held)
+            nth = fr_pool_begin(2, _few_spins(2 * A.GH * (A.inputs + A.Hout), A.N), &held)
         else:
             nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         # each direction alone on its thread: no units split; one sequence then projects

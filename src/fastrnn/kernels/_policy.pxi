@@ -287,12 +287,12 @@ cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize
             and N <= few_rows_max(weights))
 
 
-cdef int _begin_few(Py_ssize_t weights, int *held):
+cdef int _begin_few(Py_ssize_t weights, Py_ssize_t rows, int *held):
     """fr_pool_begin for a forward of few rows with `weights` floats in W_ih and W_hh:
     threads from FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call
-    runs on one thread and wakes them to spin for about twice its time (the weights read
-    at about 25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the next call
-    finds them awake and takes two. A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
+    runs on one thread and wakes them to spin for about twice its time (_few_spins: the
+    weights read at about 25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the
+    next call finds them awake and takes two. A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
     calls at H = 512 alternated between one thread and two. Its threads meet at every
     step, as the units split's: they take one thread while that is paused, and a call
     of few rows in which a wait slept at all counts as a bad one (_note_split_waits:
@@ -301,13 +301,15 @@ cdef int _begin_few(Py_ssize_t weights, int *held):
     thread: README, performance notes)."""
     if weights < FEW_THREAD_WEIGHTS or split_paused():
         return fr_pool_begin(1, 0, held)
-    return fr_pool_begin(FR_MAX_THREADS, _few_spins(weights), held)
+    return fr_pool_begin(FR_MAX_THREADS, _few_spins(weights, rows), held)
 
 
-cdef long _few_spins(Py_ssize_t weights):
+cdef long _few_spins(Py_ssize_t weights, Py_ssize_t rows):
     """The warm_spins of fr_pool_begin for calls of few rows that stream `weights` floats
-    on one thread (as _begin_few), or 0 where B1_WARM_ONLY is off."""
-    return min(1 << 21, max(1, weights // 100)) if B1_WARM_ONLY else 0
+    on one thread (as _begin_few), or 0 where B1_WARM_ONLY is off: up to 4 rows a call
+    is bound by memory, beyond that by its multiply-adds (16 rows at H = 512 took about
+    5 times as long as 1)."""
+    return min(1 << 21, max(1, weights * max(4, rows) // 400)) if B1_WARM_ONLY else 0
 
 
 # ---------------------------------------------------------------------------------------
