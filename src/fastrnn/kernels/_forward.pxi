@@ -452,7 +452,7 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
 
 
 cdef void forward_few(floating *kind, FwdLoop *L, int tid, int nth) noexcept nogil:
-    """A call of few rows (L.few: at most FEW_ROWS_MAX, every sequence of all T steps) on
+    """A call of few rows (L.few: _few_rows, every sequence of all T steps) on
     the few-rows kernel, which reads W_ih and W_hh in place: nothing is packed. Thread tid
     takes the gate columns of units [u0, u1) of every product (the rows of W that give
     them) and their cells, as forward_units does for one sequence, so that two threads
