@@ -92,6 +92,7 @@ def test_one_sequence_propagates_nan(cell, inside, monkeypatch, paths):
     """A NaN input reaches every output from its step on (relu(NaN) is NaN, as in torch)
     and none before; an infinite one leaves the outputs finite for tanh-bounded cells."""
     monkeypatch.setattr(_kernels, "SEQ1_FUSE_WEIGHTS", 1 << 30 if inside else 0)
+    monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 0)  # 6 rows: else the few-rows loop
     fastrnn.set_num_threads(1)
     kind, extra = CELLS[cell]
     layer = _layer(kind, extra, np.float32, "compiled", I=7, H=20)

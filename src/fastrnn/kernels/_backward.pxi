@@ -19,7 +19,7 @@ cdef Py_ssize_t _row_stride(Py_ssize_t width) noexcept nogil:
 
 cdef struct BwdLoop:
     Cell cell
-    int reverse, split
+    int reverse, split, few
     Py_ssize_t T, N, inputs, H, Hout, P, ld_gates, ld_dg
     # (ld_gates: the row stride of the saved activations, S*H; ld_dg: that of dG, padded
     # by _row_stride)
@@ -116,6 +116,64 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
 
 
 # The steps of backward_loop, each inlined into it (called once; names for what they do).
+
+cdef void backward_few(floating *kind, BwdLoop *L, int tid, int nth) noexcept nogil:
+    """BPTT of a call of few rows (L.few: as forward_few, every sequence of all T steps)
+    with W_hh read in place by the few-rows kernel, nothing packed: thread tid takes the
+    cells of units [u0, u1) of every row, which give their columns of every gate of dG;
+    all meet, then each computes its units of dh_{t-1} = dG @ W_hh (its columns of W_hh)
+    from the whole dG rows, as backward_units does for one sequence. Float32, no
+    projection, no reset-before GRU; the merged GEMMs follow in backward_loop."""
+    cdef Cell cell = L.cell
+    cdef bint reverse = L.reverse
+    cdef Py_ssize_t T = L.T, H = L.H, B = L.B, ld_gates = L.ld_gates, ld_dg = L.ld_dg
+    cdef Py_ssize_t GH = _gates(cell) * H
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *ph0 = <const floating *> L.ph0
+    cdef const floating *pc0 = <const floating *> L.pc0
+    cdef const floating *pwhh = <const floating *> L.pwhh
+    cdef const floating *pout = <const floating *> L.pout
+    cdef const floating *pgates = <const floating *> L.pgates
+    cdef const floating *pcs = <const floating *> L.pcs
+    cdef const floating *pdout = <const floating *> L.pdout
+    cdef floating *pdh = <floating *> L.pdh
+    cdef floating *pdc = <floating *> L.pdc
+    cdef floating *pdg = <floating *> L.pdg
+    cdef floating *php = <floating *> L.php
+    cdef floating *pseq = <floating *> L.pseq
+    cdef const floating *hprev
+    cdef const floating *cprev
+    cdef long u0, u1
+    cdef Py_ssize_t s, b, row, prow, r, nu
+    if floating is float:
+        fr_split(H, fr_kt.lanes, tid, nth, &u0, &u1)
+        nu = u1 - u0
+        for s in range(T - 1, -1, -1):
+            if fr_stop_before(L.stop, T - 1 - s, T - s):  # as forward_units
+                break
+            row = off[step_time(reverse, T, s)]
+            prow = off[step_time(reverse, T, s - 1)] if s > 0 else -1
+            for b in range(B if nu > 0 else 0):
+                r = row + b
+                hprev = (pout + (prow + b) * H) if prow >= 0 else (ph0 + b * H)
+                memcpy(php + r * H + u0, hprev + u0, nu * sizeof(floating))
+                add_rows(1, nu, pdh + b * H + u0, pdout + r * H + u0)
+                if pseq != NULL:
+                    memcpy(pseq + r * H + u0, pdh + b * H + u0, nu * sizeof(floating))
+                if cell == LSTM:
+                    cprev = (pcs + (prow + b) * H) if prow >= 0 else (pc0 + b * H)
+                    lstm_drow(H, nu, pgates + r * ld_gates + u0, pcs + r * H + u0, cprev + u0,
+                              pdh + b * H + u0, pdc + b * H + u0, pdg + r * ld_dg + u0)
+                elif cell == GRU_AFTER:
+                    gru_after_drow(H, nu, pgates + r * ld_gates + u0, php + r * H + u0,
+                                   pdh + b * H + u0, pdg + r * ld_dg + u0)
+                else:
+                    rnn_drow(cell == RNN_RELU, nu, pout + r * H + u0, pdh + b * H + u0,
+                             pdg + r * ld_dg + u0)
+            sync(tid, nth)
+            fr_few_nn(B, GH, pdg + row * ld_dg, ld_dg, pwhh, H, pdh, H, cell == GRU_AFTER,
+                      u0, u1)
+
 
 cdef inline void bwd_pack_weights(Cell cell, bint pack_ih, Py_ssize_t I, Py_ssize_t H,
                                   Py_ssize_t Hout, Py_ssize_t P, int tid, int nth,
@@ -232,7 +290,7 @@ cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floa
     bias gradients, dW_hh (the reset-before GRU's W_hn block apart) and dW_hr. dGx
     columns: [0, GH) except for the reset-after GRU, where the n block of dGx is column
     block 3 of dG. On threads, the packed kernel takes them (BLAS would pack its operands
-    again in every thread)."""
+    again in every thread); a call of few rows (L.few) multiplies W_ih in place."""
     cdef Py_ssize_t N = L.N, I = L.inputs, H = L.H, Hout = L.Hout, P = L.P
     cdef Py_ssize_t ld_gates = L.ld_gates, ld_dg = L.ld_dg
     cdef Py_ssize_t GH = _gates(L.cell) * H
@@ -253,22 +311,33 @@ cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floa
     cdef floating *pdbhh = <floating *> L.pdbhh
     cdef floating *pdwhr = <floating *> L.pdwhr
     cdef long lo_c, hi_c
+    if floating is float:
+        if L.few:
+            # dx = dGx @ W_ih with W_ih read in place, the threads taking its columns
+            fr_split(I, fr_kt.lanes, tid, nth, &lo_c, &hi_c)
+            if gru_after:
+                fr_few_nn(N, 2 * H, pdg, ld_dg, pwih, I, pdx, I, 0, lo_c, hi_c)
+                fr_few_nn(N, H, pdg + 3 * H, ld_dg, pwih + 2 * H * I, I, pdx, I, 1, lo_c, hi_c)
+            else:
+                fr_few_nn(N, GH, pdg, ld_dg, pwih, I, pdx, I, 0, lo_c, hi_c)
     if gru_after:
         merged_tn(tid, nth, <int> (2 * H), <int> I, <int> N, pdg, <int> ld_dg, px, <int> I,
                   pdwih, <int> I, bpack, L.stop)
         merged_tn(tid, nth, <int> H, <int> I, <int> N, pdg + 3 * H, <int> ld_dg, px, <int> I,
                   pdwih + 2 * H * I, <int> I, bpack, L.stop)
-        merged_nn(tid, nth, packed_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> ld_dg, pwih,
-                  <int> I, False, pdx, <int> I, L.stop)
-        merged_nn(tid, nth, packed_ih_n, <int> N, <int> I, <int> H, pdg + 3 * H, <int> ld_dg,
-                  pwih + 2 * H * I, <int> I, True, pdx, <int> I, L.stop)
+        if not L.few:
+            merged_nn(tid, nth, packed_ih, <int> N, <int> I, <int> (2 * H), pdg, <int> ld_dg,
+                      pwih, <int> I, False, pdx, <int> I, L.stop)
+            merged_nn(tid, nth, packed_ih_n, <int> N, <int> I, <int> H, pdg + 3 * H,
+                      <int> ld_dg, pwih + 2 * H * I, <int> I, True, pdx, <int> I, L.stop)
         colsum_add(tid, nth, N, 2 * H, pdg, ld_dg, pdbih)
         colsum_add(tid, nth, N, H, pdg + 3 * H, ld_dg, pdbih + 2 * H)
     else:
         merged_tn(tid, nth, <int> GH, <int> I, <int> N, pdg, <int> ld_dg, px, <int> I, pdwih,
                   <int> I, bpack, L.stop)
-        merged_nn(tid, nth, packed_ih, <int> N, <int> I, <int> GH, pdg, <int> ld_dg, pwih, <int> I,
-                  False, pdx, <int> I, L.stop)
+        if not L.few:
+            merged_nn(tid, nth, packed_ih, <int> N, <int> I, <int> GH, pdg, <int> ld_dg, pwih,
+                      <int> I, False, pdx, <int> I, L.stop)
         colsum_add(tid, nth, N, GH, pdg, ld_dg, pdbih)
     merged_tn(tid, nth, <int> K, <int> Hout, <int> N, pdg, <int> ld_dg, php, <int> Hout, pdwhh,
               <int> Hout, bpack, L.stop)
@@ -332,12 +401,14 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
     cdef floating *packed_ih = NULL
     cdef floating *packed_ih_n = NULL
     cdef floating *bpack = NULL
+    if L.pbpack != NULL:
+        bpack = <floating *> L.pbpack + tid * L.bpack_floats
     if ppacked != NULL:
-        if L.pbpack != NULL:
-            bpack = <floating *> L.pbpack + tid * L.bpack_floats
         bwd_pack_weights(cell, L.pbpack != NULL, I, H, Hout, P, tid, nth, ppacked, pwih, pwhh,
                          pwhr, &packed_hh, &packed_hn, &packed_hr, &packed_ih, &packed_ih_n)
-    if L.split:
+    if L.few:
+        backward_few(kind, L, tid, nth)
+    elif L.split:
         backward_units(kind, L, tid, nth, packed_hh)
     else:
         for s in range(T - 1, -1, -1):

@@ -26,6 +26,10 @@ cdef extern from "_ktable.h" nogil:
     void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
                     long ldb, float *c, long ldc, int accumulate, float *bpack)
     enum: FR_KC
+    void fr_few(long m, long k, const float *a, long lda, const float *w, long ldw, float *c,
+                long ldc, int accumulate, long j0, long j1)
+    void fr_few_nn(long m, long k, const float *a, long lda, const float *w, long ldw,
+                   float *c, long ldc, int accumulate, long j0, long j1)
     void fr_lstm_row_v(long H, long n, const float *a, const float *gh, const float *bias,
                        float *ar, float *c, float *cs, float *o)
     void fr_gru_row_v(long H, long n, const float *a, const float *gh, const float *bias,

@@ -1,7 +1,7 @@
 # Forward through time, one direction of one layer: the loop struct (FwdLoop), the cells
 # of a row, the batch loop (forward_loop), the input projection of every row
-# (project_rows), the units split of one sequence (forward_units), and the tasks the pool
-# runs.
+# (project_rows), the units split of one sequence (forward_units), the loop of calls of
+# few rows on weights read in place (forward_few), and the tasks the pool runs.
 #
 # Included by _kernels.pyx. Runs without the GIL on what _fwd_prepare and _fwd_plan put in
 # FwdLoop; writes only the outputs, states and scratch given there.
@@ -10,7 +10,7 @@ cdef struct FwdLoop:
     # the problem (see forward_loop) and its buffers, typed by the task that runs it;
     # inputs: I (<complex.h> defines I as a macro)
     Cell cell
-    int reverse, training, split, upfront, seq1, fuse, pack_ih
+    int reverse, training, split, upfront, seq1, fuse, pack_ih, few
     Py_ssize_t T, inputs, H, Hout, P, ld_gates, chunk_rows
     # (ld_gates: floats a row of pgates, S*H, the saved activations of a row; ppacked: room
     # for the packed weights, or NULL; vector_cells in the loops: the vector cells of the
@@ -269,6 +269,10 @@ cdef void forward_loop(floating *kind, FwdLoop *L, int tid, int nth) noexcept no
     cdef floating *packed_hn = NULL
     cdef floating *packed_hr = NULL
     cdef floating *packed_ih = NULL
+    if floating is float:
+        if L.few:
+            forward_few(kind, L, tid, nth)
+            return
     if ppacked != NULL:
         fwd_pack_weights(cell, L.pack_ih, I, H, Hout, P, tid, nth, ppacked, pwih, pwhh, pwhr,
                          &packed_hh, &packed_hn, &packed_hr, &packed_ih)
@@ -445,6 +449,78 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
             hsrc = orow
         if hsrc != ph:
             memcpy(ph + u0, hsrc + u0, nu * sizeof(floating))
+
+
+cdef void forward_few(floating *kind, FwdLoop *L, int tid, int nth) noexcept nogil:
+    """A call of few rows (L.few: _few_rows, every sequence of all T steps) on
+    the few-rows kernel, which reads W_ih and W_hh in place: nothing is packed. Thread tid
+    takes the gate columns of units [u0, u1) of every product (the rows of W that give
+    them) and their cells, as forward_units does for one sequence, so that two threads
+    each stream their half of the weights; they meet after each step, the next needing
+    the whole of h. The inputs of all N rows are projected first, each thread its own
+    columns, which only its own cells read. h_{t-1} is read from the previous step's
+    output rows (h0 at first), so no thread overwrites what another still reads.
+    Float32, no projection (P = 0), no reset-before GRU."""
+    cdef Cell cell = L.cell
+    cdef bint reverse = L.reverse, training = L.training
+    cdef Py_ssize_t T = L.T, I = L.inputs, H = L.H, ld_gates = L.ld_gates, B = L.B, N = L.N
+    cdef Py_ssize_t G = _gates(cell)
+    cdef Py_ssize_t GH = G * H
+    cdef const Py_ssize_t *off = L.off
+    cdef const floating *px = <const floating *> L.px
+    cdef const floating *pwih = <const floating *> L.pwih
+    cdef const floating *pwhh = <const floating *> L.pwhh
+    cdef const floating *pb = <const floating *> L.pb
+    cdef const floating *pbhn = <const floating *> L.pbhn
+    cdef floating *ph = <floating *> L.ph
+    cdef floating *pc = <floating *> L.pc
+    cdef floating *pout = <floating *> L.pout
+    cdef floating *pgates = <floating *> L.pgates
+    cdef floating *pcs = <floating *> L.pcs
+    cdef floating *pgh = <floating *> L.pgh
+    cdef bint in_out = L.pgates == L.pout  # the vanilla RNN's rows projected into out
+    cdef const floating *hsrc = ph
+    cdef floating *a
+    cdef floating *orow
+    cdef long u0, u1
+    cdef Py_ssize_t s, t, b, g, nu, row
+    if floating is float:
+        # whole vectors of units for each thread but the last (the cells' lanes)
+        fr_split(H, fr_kt.lanes, tid, nth, &u0, &u1)
+        nu = u1 - u0
+        if nu > 0:
+            for g in range(G):
+                fr_few(N, I, px, I, pwih, I, pgates, ld_gates, 0, g * H + u0, g * H + u1)
+        for s in range(T):
+            # the threads meet at every step: all finish a step before any stops
+            if fr_stop_before(L.stop, s, s + 1):
+                break
+            t = step_time(reverse, T, s)
+            row = off[t]
+            if nu > 0:
+                for g in range(G):
+                    fr_few(B, H, hsrc, H, pwhh, H, pgh, GH, 0, g * H + u0, g * H + u1)
+                for b in range(B):
+                    a = pgates + (row + b) * ld_gates
+                    orow = pout + (row + b) * H
+                    if cell == LSTM:
+                        lstm_cell(True, training, H, nu, a + u0, pgh + b * GH + u0, pb + u0,
+                                  pc + b * H + u0, orow + u0)
+                        if training:
+                            memcpy(pcs + (row + b) * H + u0, pc + b * H + u0,
+                                   nu * sizeof(floating))
+                    elif cell == GRU_AFTER:
+                        gru_cell(True, training, H, nu, a + u0, pgh + b * GH + u0, pb + u0,
+                                 pbhn + u0, hsrc + b * H + u0, orow + u0)
+                    else:
+                        rnn_cell(True, cell == RNN_RELU, nu, a + u0, pgh + b * GH + u0, pb + u0)
+                        if not in_out:
+                            memcpy(orow + u0, a + u0, nu * sizeof(floating))
+            sync(tid, nth)
+            hsrc = pout + row * H
+        if hsrc != ph and nu > 0:
+            for b in range(B):
+                memcpy(ph + b * H + u0, hsrc + b * H + u0, nu * sizeof(floating))
 
 
 cdef void forward_task_f(void *ctx, int tid, int nth) noexcept nogil:

@@ -1,7 +1,8 @@
 /* The float32 kernels, written once over the vector operations of a _simd_*.h and
  * included by _ktable.h once per ISA (each time inside that ISA's target region, every
- * name suffixed by FR_ISA): the packing and the GEMMs of the recurrent step, the vector
- * exp/tanh/sigmoid and cells, and the time loop of one sequence.
+ * name suffixed by FR_ISA): the packing and the GEMMs of the recurrent step, the
+ * few-rows kernel that multiplies a weight in place, the vector exp/tanh/sigmoid and
+ * cells, and the time loop of one sequence.
  *
  * The packed GEMM. Each step of the time loop multiplies a few rows (the batch) by the
  * same weight (W_hh^T forward, W_hh backward). BLAS packs that weight again on every
@@ -283,6 +284,160 @@ static void FR_ISA(fr_gemm_tn)(long m, long n, long K, const float *a, long lda,
     }
 }
 
+/* The few-rows kernel: C[:, j0:j1) = A (m x k, row stride lda) @ W^T [+ C], W stored
+ * (n x k) with row stride ldw as torch stores weights, read in place. A call of a few rows
+ * (one step of a batch of one or a few) multiplies each weight once: packing it first
+ * read and wrote the whole weight to multiply it once, at memory speed at H = 512
+ * (README, performance notes). Here each output is a dot product of a row of A with a
+ * row of W: R rows of W at once (a vector of each along k, shared by the rows of A),
+ * MB rows of A (FRV_FEW_MR), an accumulator for each pair, and a sum of its lanes at
+ * the end. W's block of R rows stays in L1 while the blocks of rows of A pass, so W is
+ * read from memory once a call, whatever m. Every output sums its k products in the
+ * same order whatever m, the block it falls in and [j0, j1): threads that share the rows
+ * of W compute the same bits as one thread. */
+FRK void FR_ISA(fr_few_block)(const int MB, const int R, long k, const float *a, long lda,
+                              const float *w, long ldw, float *c, long ldc, int accumulate)
+{
+    frv acc[FRV_FEW_MR][8];
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++)
+            acc[i][r] = frv_zero();
+    long kk = 0;
+    for (; kk + FRV_N <= k; kk += FRV_N) {
+        frv wr[8];
+        for (int r = 0; r < R; r++)
+            wr[r] = frv_load(w + r * ldw + kk);
+        for (int i = 0; i < MB; i++) {
+            frv ai = frv_load(a + i * lda + kk);
+            for (int r = 0; r < R; r++)
+                acc[i][r] = frv_fma(ai, wr[r], acc[i][r]);
+        }
+    }
+    if (kk < k) { /* the lanes loaded past k are 0 */
+        frv wr[8];
+        for (int r = 0; r < R; r++)
+            wr[r] = frv_load_n(w + r * ldw + kk, k - kk);
+        for (int i = 0; i < MB; i++) {
+            frv ai = frv_load_n(a + i * lda + kk, k - kk);
+            for (int r = 0; r < R; r++)
+                acc[i][r] = frv_fma(ai, wr[r], acc[i][r]);
+        }
+    }
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < R; r++) {
+            float sum = frv_hsum(acc[i][r]);
+            c[i * ldc + r] = accumulate ? c[i * ldc + r] + sum : sum;
+        }
+}
+
+/* R rows of W (j .. j + R) against every row of A, FRV_FEW_MR at a time */
+FRK void FR_ISA(fr_few_rows)(const int R, long m, long k, const float *a, long lda,
+                             const float *w, long ldw, float *c, long ldc, int accumulate)
+{
+    long i = 0;
+    for (; i + FRV_FEW_MR <= m; i += FRV_FEW_MR)
+        FR_ISA(fr_few_block)(FRV_FEW_MR, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc,
+                             accumulate);
+    switch (m - i) {
+#if FRV_FEW_MR > 3
+    case 3: FR_ISA(fr_few_block)(3, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+#endif
+#if FRV_FEW_MR > 2
+    case 2: FR_ISA(fr_few_block)(2, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+#endif
+    case 1: FR_ISA(fr_few_block)(1, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+    default: break;
+    }
+}
+
+static void FR_ISA(fr_few)(long m, long k, const float *a, long lda, const float *w, long ldw,
+                           float *c, long ldc, int accumulate, long j0, long j1)
+{
+    long j = j0;
+    if (m == 1) {
+        /* one row of A: 8 rows of W at once, so that 8 independent sums cover the FMA
+         * latency */
+        for (; j + 8 <= j1; j += 8)
+            FR_ISA(fr_few_block)(1, 8, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate);
+    }
+    for (; j + 4 <= j1; j += 4)
+        FR_ISA(fr_few_rows)(4, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate);
+    switch (j1 - j) {
+    case 3: FR_ISA(fr_few_rows)(3, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate); break;
+    case 2: FR_ISA(fr_few_rows)(2, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate); break;
+    case 1: FR_ISA(fr_few_rows)(1, m, k, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate); break;
+    default: break;
+    }
+}
+
+/* The few-rows kernel for a weight not transposed: C[:, j0:j1) = A (m x k, row stride
+ * lda) @ W[:, j0:j1) [+ C], W stored (k x n) with row stride ldw (the backward's dG @ W,
+ * W as torch stores it), read in place, each row once and in order: C's rows are
+ * updated by KB = 4 rows of W at a time (a broadcast of A's entry times a vector of the
+ * row), the rows of C staying in L1 while W streams, FRV_FEW_MR rows of A at a time
+ * over the same rows of W (still in L1). Every output sums its k products in the order
+ * of k, whatever m and [j0, j1). */
+FRK void FR_ISA(fr_few_nn_block)(const int MB, const int KB, long n, const float *a, long lda,
+                                 const float *w, long ldw, float *c, long ldc)
+{
+    frv av[FRV_FEW_MR][4];
+    for (int i = 0; i < MB; i++)
+        for (int r = 0; r < KB; r++)
+            av[i][r] = frv_set1(a[i * lda + r]);
+    for (long j = 0; j < n; j += FRV_N) {
+        long left = n - j;
+        frv wv[4];
+        for (int r = 0; r < KB; r++)
+            wv[r] = frv_load_n(w + r * ldw + j, left);
+        for (int i = 0; i < MB; i++) {
+            frv acc = frv_load_n(c + i * ldc + j, left);
+            for (int r = 0; r < KB; r++)
+                acc = frv_fma(av[i][r], wv[r], acc);
+            frv_store_n(c + i * ldc + j, left, acc);
+        }
+    }
+}
+
+FRK void FR_ISA(fr_few_nn_rows)(const int KB, long m, long n, const float *a, long lda,
+                                const float *w, long ldw, float *c, long ldc)
+{
+    long i = 0;
+    for (; i + FRV_FEW_MR <= m; i += FRV_FEW_MR)
+        FR_ISA(fr_few_nn_block)(FRV_FEW_MR, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc);
+    switch (m - i) {
+#if FRV_FEW_MR > 3
+    case 3: FR_ISA(fr_few_nn_block)(3, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc); break;
+#endif
+#if FRV_FEW_MR > 2
+    case 2: FR_ISA(fr_few_nn_block)(2, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc); break;
+#endif
+    case 1: FR_ISA(fr_few_nn_block)(1, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc); break;
+    default: break;
+    }
+}
+
+static void FR_ISA(fr_few_nn)(long m, long k, const float *a, long lda, const float *w,
+                              long ldw, float *c, long ldc, int accumulate, long j0, long j1)
+{
+    long n = j1 - j0;
+    if (n <= 0)
+        return;
+    w += j0;
+    c += j0;
+    if (!accumulate)
+        for (long i = 0; i < m; i++)
+            memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+    long kk = 0;
+    for (; kk + 4 <= k; kk += 4)
+        FR_ISA(fr_few_nn_rows)(4, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc);
+    switch (k - kk) {
+    case 3: FR_ISA(fr_few_nn_rows)(3, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc); break;
+    case 2: FR_ISA(fr_few_nn_rows)(2, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc); break;
+    case 1: FR_ISA(fr_few_nn_rows)(1, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc); break;
+    default: break;
+    }
+}
+
 /* exp on a vector, as the scalar fr_expf of _cellmath.h: Cody-Waite range reduction
  * x = n ln2 + r, a degree-6 polynomial for e^r, then p * 2^n, and +inf beyond
  * ln(FLT_MAX). The constant is the first operand of min/max so that NaN (the second)
@@ -528,7 +683,8 @@ static float FR_ISA(fr_fma_chains)(long iters)
 #define FR_STR(s) FR_STR_(s)
 static const fr_ktable FR_ISA(fr_kernels) = {
     FR_STR(FRV_SUFFIX), FRK_NR, FRV_MR, FRV_N, 2L * FRV_N * FRV_CHAINS,
-    FR_ISA(fr_pack), FR_ISA(fr_gemm), FR_ISA(fr_gemm_tn), FR_ISA(fr_rnn_row),
+    FR_ISA(fr_pack), FR_ISA(fr_gemm), FR_ISA(fr_gemm_tn), FR_ISA(fr_few), FR_ISA(fr_few_nn),
+    FR_ISA(fr_rnn_row),
     FR_ISA(fr_lstm_row), FR_ISA(fr_gru_row), FR_ISA(fr_seq1_forward), FR_ISA(fr_fma_chains),
     &FR_ISA(fr_rows_f), &FR_ISA(fr_rows_d),
 };

@@ -136,8 +136,11 @@ cdef object _fwd_prepare(floating kind, FwdLoop *L, Cell cell, bint reverse, bin
     L.npack = (_packed_sizes(False, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
+    L.few = _few_rows(L.npack != 0, cell, N, T, B, P, GH * (I + Hout))
+    if L.few:
+        L.npack = L.npack_ih = 0  # nothing is packed
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
-    L.upfront = (not training and not L.split and B == 1
+    L.upfront = (not training and not L.split and B == 1 and not L.few
                  and N * S * H * sizeof(floating) <= UPFRONT_MAX_BYTES)
     L.cell, L.reverse, L.training = cell, reverse, training
     L.N, L.B, L.GH = N, B, GH
@@ -174,8 +177,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     _last_threads = nth
     L.split = split
     _last_split = split
-    gather = nth > 1 and npack == 0 and not upfront
-    if training or upfront:
+    gather = nth > 1 and npack == 0 and not upfront and not L.few
+    if training or upfront or L.few:
         chunk = N  # upfront: nth shares of it, room for the projection of every row
     else:
         # a chunk row costs ld_gates floats of projection, and I more of gathered input
@@ -191,6 +194,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     chunk = _split_sequences(L.bs, L.T, B, N, nth, L.seqs,
                              0 if (nth > 1 and not gather and not split and not upfront)
                              else chunk)
+    if L.few:
+        chunk = N  # forward_few projects every row at once, its threads by columns
     # one sequence on the packed kernel, not split: fr_seq1_forward, which on one
     # thread with a W_ih small enough for the L1 cache projects each step's inputs
     L.seq1 = (floating is float and npack != 0 and B == 1 and not split and P == 0
@@ -199,7 +204,8 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     if fuse_weights is None:
         fuse_weights = CAPABILITY_SEQ1_FUSE_WEIGHTS.get(fr_kt.name.decode(), 0)
     L.fuse = L.seq1 and nth == 1 and GH * I <= fuse_weights and chunk_steps == 0
-    _last_path = ("units split" if split else "one sequence, projection inside" if L.fuse
+    _last_path = ("few rows" if L.few else "units split" if split
+                  else "one sequence, projection inside" if L.fuse
                   else "one sequence" if L.seq1 else "batch")
     # W_ih is packed for threads, for the projection inside the one-sequence loop,
     # and for one thread on a batch: OpenBLAS took longer for the same product there
@@ -217,9 +223,11 @@ cdef int _fwd_plan(floating kind, FwdLoop *L, int nth, Py_ssize_t chunk_steps=0)
     nscratch = rest_at
     # the vanilla RNN's projection, when all rows are projected at once, goes straight
     # into out, where each step's tanh overwrites it in place
-    in_out = ld_gates == H and (training or upfront)
+    in_out = ld_gates == H and (training or upfront or L.few)
     if not training:
-        nscratch += (0 if (in_out or L.fuse) else nth * chunk * ld_gates) + (B * H if P else 0)
+        # (forward_few's threads share one projection of the rows, by columns)
+        nscratch += ((0 if (in_out or L.fuse) else (1 if L.few else nth) * chunk * ld_gates)
+                     + (B * H if P else 0))
         if gather:
             nscratch += nth * chunk * I
     scratch = <floating *> _scratch(nscratch * sizeof(floating))
@@ -267,13 +275,13 @@ cdef object _fwd_result(bint training, tuple prepared):
 cdef inline bint _fwd_calls_blas(const FwdLoop *L):
     """Whether a planned forward calls BLAS: its products are not on the packed kernel
     (double, or the capability's BLAS_STEP_WORK), or its W_ih is not packed."""
-    return L.npack == 0 or not L.pack_ih
+    return not L.few and (L.npack == 0 or not L.pack_ih)
 
 
 cdef inline bint _bwd_calls_blas(const BwdLoop *L):
     """Whether a planned backward calls BLAS: not on the packed kernel, or on one thread
     (whose merged GEMMs are BLAS's)."""
-    return L.ppacked == NULL or L.pbpack == NULL
+    return (L.ppacked == NULL and not L.few) or L.pbpack == NULL
 
 
 cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
@@ -284,14 +292,19 @@ cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
     try:
-        nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, L.training or L.split or L.upfront,
-                     &held)
+        if L.few:
+            nth = _begin_few(L.GH * (L.inputs + L.Hout), L.N, &held)
+        else:
+            nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout,
+                         L.training or L.split or L.upfront, &held)
         _fwd_plan(kind, L, nth)
         _hold_blas(_fwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop
         _run_task(task, L, nth, held, stop, False)
         if L.split:
-            _note_split_waits(fr_slept_waits - slept, L.T)
+            _note_split_waits(fr_slept_waits - slept, _split_slept_allowed(L.T))
+        elif L.few and nth > 1:
+            _note_split_waits(fr_slept_waits - slept, FEW_SLEPT_ALLOWED)
     finally:
         fr_pool_end(held)
     return 0
@@ -376,6 +389,10 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
     L.npack = (_packed_sizes(True, cell, I, H, Hout, P, sizes)
                if use_packed(floating is float, B, GH, Hout) else 0)
     L.npack_ih = sizes[3] if L.npack else 0
+    L.few = (_few_rows(L.npack != 0, cell, N, T, B, P, GH * (I + Hout))
+             and GH * (I + Hout) >= FEW_BACKWARD_WEIGHTS)
+    if L.few:
+        L.npack = L.npack_ih = 0  # nothing is packed
     L.split = _split_units(B, L.npack, P, H, cell, GH * Hout)
     L.cell, L.reverse = cell, reverse
     L.B, L.GH = B, GH
@@ -397,19 +414,22 @@ cdef object _bwd_prepare(floating kind, BwdLoop *L, Cell cell, bint reverse,
 cdef int _bwd_plan(floating kind, BwdLoop *L, int nth) except -1:
     """The part of a prepared backward that depends on its nth threads: the units split,
     the sequences of each thread, and the scratch."""
-    global _last_threads, _last_split
+    global _last_threads, _last_split, _last_bwd_path
     cdef Py_ssize_t N = L.N, ld_dg = L.ld_dg, Hout = L.Hout, P = L.P, npack = L.npack
     cdef Py_ssize_t nbpack = 0, nscratch
     cdef floating *pdg
     _last_threads = nth
     L.split = L.split and nth > 1
     _last_split = L.split
+    _last_bwd_path = "few rows" if L.few else "units split" if L.split else "batch"
     _split_sequences(L.bs, L.T, L.B, N, nth, L.seqs, 0)
     # W_ih and the merged GEMMs' blocks are packed for threads; on one thread they are
     # BLAS's but from THREAD_CALL_WORK where _one_thread_packed says so
     if npack and nth == 1 and not _one_thread_packed(True, L.N * L.GH * (L.inputs + Hout)):
         npack -= L.npack_ih
-    elif npack:
+    elif npack or L.few:
+        # (a call of few rows: the weight gradients on the kernels, dG^T times a block of
+        # its few rows packed, and no BLAS call)
         nbpack = fr_packed_size(max(L.inputs, L.H, Hout), FR_KC)
     nscratch = N * ld_dg + N * Hout + N * P + L.B * L.H + npack + nth * nbpack
     pdg = <floating *> _scratch(nscratch * sizeof(floating))
@@ -439,13 +459,18 @@ cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     cdef fr_stop_word stop_word
     cdef volatile long *stop = &stop_word.word
     try:
+        # (a call of few rows too: with the forward's _begin_few, whose workers woken for
+        # a backward spin about as long as it runs, backward calls at H = 256 on a busy
+        # machine ran about twice as slow, the worker taking turns with the call's thread)
         nth = _begin(L.N, L.B, L.GH, L.inputs + L.Hout, True, &held)
         _bwd_plan(kind, L, nth)
         _hold_blas(_bwd_calls_blas(L), nth, L.N * L.GH * (L.inputs + L.Hout), &held)
         L.stop = stop
         _run_task(task, L, nth, held, stop, False)
         if L.split:
-            _note_split_waits(fr_slept_waits - slept, L.T)
+            _note_split_waits(fr_slept_waits - slept, _split_slept_allowed(L.T))
+        elif L.few and nth > 1:
+            _note_split_waits(fr_slept_waits - slept, FEW_SLEPT_ALLOWED)
     finally:
         fr_pool_end(held)
     return 0

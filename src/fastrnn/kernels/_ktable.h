@@ -48,6 +48,10 @@ typedef struct {
                  float *c, long ldc, int accumulate, long p0, long p1);
     void (*gemm_tn)(long m, long n, long K, const float *a, long lda, const float *b, long ldb,
                     float *c, long ldc, int accumulate, float *bpack);
+    void (*few)(long m, long k, const float *a, long lda, const float *w, long ldw, float *c,
+                long ldc, int accumulate, long j0, long j1);
+    void (*few_nn)(long m, long k, const float *a, long lda, const float *w, long ldw,
+                   float *c, long ldc, int accumulate, long j0, long j1);
     void (*rnn_row)(int relu, long n, const float *a, const float *gh, const float *bias,
                     float *o);
     void (*lstm_row)(long H, long n, const float *a, const float *gh, const float *bias,
@@ -189,6 +193,20 @@ static inline void fr_gemm_tn(long m, long n, long K, const float *a, long lda, 
                               long ldb, float *c, long ldc, int accumulate, float *bpack)
 {
     fr_kt.gemm_tn(m, n, K, a, lda, b, ldb, c, ldc, accumulate, bpack);
+}
+/* C[:, j0:j1) = A (m x k) @ W^T [+ C], W (n x k, row stride ldw) read in place: the
+ * products of calls of few rows (_kern_body.h) */
+static inline void fr_few(long m, long k, const float *a, long lda, const float *w, long ldw,
+                          float *c, long ldc, int accumulate, long j0, long j1)
+{
+    fr_kt.few(m, k, a, lda, w, ldw, c, ldc, accumulate, j0, j1);
+}
+/* C[:, j0:j1) = A (m x k) @ W[:, j0:j1) [+ C], W (k x n, row stride ldw) read in place:
+ * the backward's products of calls of few rows */
+static inline void fr_few_nn(long m, long k, const float *a, long lda, const float *w,
+                             long ldw, float *c, long ldc, int accumulate, long j0, long j1)
+{
+    fr_kt.few_nn(m, k, a, lda, w, ldw, c, ldc, accumulate, j0, j1);
 }
 static inline void fr_rnn_row_v(int relu, long n, const float *a, const float *gh,
                                 const float *bias, float *o)

@@ -96,11 +96,15 @@ cdef object _forward_both(floating kind, Cell cell, bint training, x,
             _fwd_release(&A)  # its workspace, for the second
             _fwd_run(kind, &R)
             return _fwd_result(training, ra), _fwd_result(training, rr)
-        nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
+        if A.few:
+            # (memory-bound: its spin reckoned from the weights, not the multiply-adds)
+            nth = fr_pool_begin(2, _few_spins(2 * A.GH * (A.inputs + A.Hout), A.N), &held)
+        else:
+            nth = _begin_pair(A.N * A.GH * (A.inputs + A.Hout), &held)
         # each direction alone on its thread: no units split; one sequence then projects
         # its inputs up front in inference, as on one thread
         A.split = R.split = False
-        A.upfront = R.upfront = (not training and A.B == 1
+        A.upfront = R.upfront = (not training and A.B == 1 and not A.few
                                  and A.N * A.ld_gates * sizeof(floating) <= UPFRONT_MAX_BYTES)
         _fwd_plan(kind, &A, 1)
         _fwd_plan(kind, &R, 1)
@@ -285,6 +289,8 @@ cdef object _forward_stack(floating kind, Cell cell, x, batch_sizes,
             worth = worth and _pair_worth(Ls[k].N, Ls[k].B, Ls[k].GH,
                                           Ls[k].inputs + Ls[k].Hout, Ls[k].GH * Ls[k].Hout,
                                           Ls[k].split, Ls[k].split or Ls[k].upfront, 0)
+            # a layer of few rows waits for the whole output of the one below anyway
+            worth = worth and not Ls[k].few
             work = max(work, Ls[k].N * Ls[k].GH * (Ls[k].inputs + Ls[k].Hout))
         if n == 1 or not worth or not STACK_LAYERS:
             for k in range(n):

@@ -2,8 +2,9 @@
 # _want_threads, _begin), whether BLAS is held at one thread (_hold_blas), which products
 # run on the packed kernels (BLAS_STEP_WORK, use_packed, _one_thread_packed), how the
 # sequences are shared (_split_sequences), whether threads split one sequence's units
-# (_split_units, and its pause after calls that kept waiting), whether two loops run at
-# once (_pair_worth), and what the latest call chose (last_call_*, for tests).
+# (_split_units, and its pause after calls that kept waiting), whether a call of few rows
+# multiplies its weights in place (_few_rows, _begin_few), whether two loops run at once
+# (_pair_worth), and what the latest call chose (last_call_*, for tests).
 #
 # Included by _kernels.pyx. Reads sizes and the kernel table, sets the module's
 # bookkeeping of the latest call; touches no array and runs no loop. The Python-level
@@ -73,9 +74,19 @@ _last_path = "batch"
 
 def last_forward_path():
     """The loop the latest forward call ran: "batch" (forward_loop), "units split"
-    (forward_units), "one sequence" (fr_seq1_forward, inputs projected before the loop) or
-    "one sequence, projection inside" (fr_seq1_forward projecting each step's inputs)."""
+    (forward_units), "one sequence" (fr_seq1_forward, inputs projected before the loop),
+    "one sequence, projection inside" (fr_seq1_forward projecting each step's inputs) or
+    "few rows" (forward_few: the weights multiplied in place, none packed)."""
     return _last_path
+
+
+_last_bwd_path = "batch"
+
+
+def last_backward_path():
+    """The loop the latest backward call ran: "batch" (backward_loop), "units split"
+    (backward_units) or "few rows" (backward_few: W_hh and W_ih multiplied in place)."""
+    return _last_bwd_path
 
 
 cdef int _want_threads(Py_ssize_t N, Py_ssize_t B, Py_ssize_t GH, Py_ssize_t K,
@@ -230,6 +241,79 @@ cdef bint _one_thread_packed(bint backward, Py_ssize_t work):
 
 
 # ---------------------------------------------------------------------------------------
+# Calls of few rows: the weights multiplied in place (fr_few, forward_few)
+
+# A float32 forward of few rows (B*T: one step of a batch of one to a few, or a few
+# steps of one sequence), every sequence T steps long, multiplies W_ih and W_hh in place
+# on the few-rows kernel: the packed kernel packs each weight first, one more read and a
+# write of it, for a product or two (README, performance notes). How few: up to the
+# rows of the first entry of FEW_ROWS_BY_WEIGHTS whose weights (W_ih and W_hh together)
+# the layer has. The packed kernel won from 8 rows at H = 32 and 64 (LSTM, GRU; weights
+# in L1 and L2 make packing cheap), from 12-16 at H = 128; the few-rows kernel won up to
+# 16 rows at H = 256 and 512 (README, performance notes). FEW_ROWS_MAX, when not None,
+# is the limit whatever the weights (tests set it; 0: never).
+FEW_ROWS_BY_WEIGHTS = ((1 << 18, 16), (1 << 16, 8), (0, 4))
+FEW_ROWS_MAX = None
+
+
+def few_rows_max(Py_ssize_t weights):
+    """The most rows a forward with this many weights in W_ih and W_hh runs on the
+    few-rows kernel."""
+    if FEW_ROWS_MAX is not None:
+        return FEW_ROWS_MAX
+    for least, rows in FEW_ROWS_BY_WEIGHTS:
+        if weights >= least:
+            return rows
+    return 0
+
+# A backward of few rows runs on the few-rows kernels from this many weights (W_ih and
+# W_hh): at H = 128 it was 5-15% slower than on the packed kernels (GRU B=1, LSTM B=4),
+# level at H = 256, and twice as fast for the LSTM at H = 512 (README, performance notes).
+FEW_BACKWARD_WEIGHTS = 1 << 18
+
+# ... and threads split its units (each streaming its share of the weights) from this
+# many weights in W_ih and W_hh together; a call below it runs on one thread.
+FEW_THREAD_WEIGHTS = 1 << 17
+# ... and a threaded call of few rows counts as a bad one for the units split's pause
+# (_note_split_waits) when more of its waits than this slept (tests set it)
+FEW_SLEPT_ALLOWED = 0
+
+
+cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize_t B,
+                    Py_ssize_t P, Py_ssize_t weights) except -1:
+    """Whether a forward of N rows runs on the few-rows kernel (forward_few): float32 on
+    the kernels (packed: use_packed), no projection, not the reset-before GRU, all
+    sequences of T steps, few enough rows for its weights."""
+    return (packed and P == 0 and cell != GRU_BEFORE and N == T * B and N > 0
+            and N <= few_rows_max(weights))
+
+
+cdef int _begin_few(Py_ssize_t weights, Py_ssize_t rows, int *held):
+    """fr_pool_begin for a forward of few rows with `weights` floats in W_ih and W_hh:
+    threads from FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call
+    runs on one thread and wakes them to spin for about twice its time (_few_spins: the
+    weights read at about 25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the
+    next call finds them awake and takes two. A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
+    calls at H = 512 alternated between one thread and two. Its threads meet at every
+    step, as the units split's: they take one thread while that is paused, and a call
+    of few rows in which a wait slept at all counts as a bad one (_note_split_waits:
+    such a call is short, and its one or two waits only sleep when a thread lost its
+    core; under a one-core hog a call at H = 512 then took twice as long as on one
+    thread: README, performance notes)."""
+    if weights < FEW_THREAD_WEIGHTS or split_paused():
+        return fr_pool_begin(1, 0, held)
+    return fr_pool_begin(FR_MAX_THREADS, _few_spins(weights, rows), held)
+
+
+cdef long _few_spins(Py_ssize_t weights, Py_ssize_t rows):
+    """The warm_spins of fr_pool_begin for calls of few rows that stream `weights` floats
+    on one thread (as _begin_few), or 0 where B1_WARM_ONLY is off: up to 4 rows a call
+    is bound by memory, beyond that by its multiply-adds (16 rows at H = 512 took about
+    5 times as long as 1)."""
+    return min(1 << 21, max(1, weights * max(4, rows) // 400)) if B1_WARM_ONLY else 0
+
+
+# ---------------------------------------------------------------------------------------
 # One sequence: its units split between threads, or its inputs projected up front or
 # inside the loop
 
@@ -279,9 +363,16 @@ cdef double _split_bad_since = 0.0
 cdef int _split_bad_calls = 0
 
 
-def _note_split_waits(long slept, Py_ssize_t steps):
+def _split_slept_allowed(Py_ssize_t steps):
+    """The waits that may sleep in a units split call of this many steps."""
+    return max(SPLIT_SLEPT_MIN, SPLIT_SLEPT_PER_STEP * steps)
+
+
+def _note_split_waits(long slept, allowed):
+    """Count a call whose threads split the units and slept `slept` waits in its steps:
+    more than `allowed` makes it a bad call."""
     global _split_paused_until, _split_bad_since, _split_bad_calls
-    if slept <= max(SPLIT_SLEPT_MIN, SPLIT_SLEPT_PER_STEP * steps):
+    if slept <= allowed:
         _split_bad_calls = 0
         return
     now = time.monotonic()

@@ -29,6 +29,42 @@ def _kernel_gemm(const float[:, :] a, const float[:, :] w, bint trans, float[:, 
                    c.strides[0] // 4, accumulate, p0, p1)
 
 
+def _kernel_few(const float[:, :] a, const float[:, :] w, float[:, :] c,
+                bint accumulate=False, long j0=0, long j1=-1):
+    """C[:, j0:j1) = A @ W^T [+ C] on the few-rows kernel (fr_few), W (n x k) read in
+    place."""
+    _rows_contiguous(a, w, c)
+    cdef long m = a.shape[0], k = a.shape[1], n = w.shape[0]
+    if w.shape[1] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError("shapes do not match")
+    if j1 < 0:
+        j1 = n
+    if not 0 <= j0 <= j1 <= n:
+        raise ValueError("bad column range")
+    if m == 0 or n == 0 or k == 0:
+        raise ValueError("empty operands")
+    fr_few(m, k, &a[0, 0], a.strides[0] // 4, &w[0, 0], w.strides[0] // 4, &c[0, 0],
+           c.strides[0] // 4, accumulate, j0, j1)
+
+
+def _kernel_few_nn(const float[:, :] a, const float[:, :] w, float[:, :] c,
+                   bint accumulate=False, long j0=0, long j1=-1):
+    """C[:, j0:j1) = A @ W[:, j0:j1) [+ C] on the few-rows kernel for a weight not
+    transposed (fr_few_nn), W (k x n) read in place."""
+    _rows_contiguous(a, w, c)
+    cdef long m = a.shape[0], k = a.shape[1], n = w.shape[1]
+    if w.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError("shapes do not match")
+    if j1 < 0:
+        j1 = n
+    if not 0 <= j0 <= j1 <= n:
+        raise ValueError("bad column range")
+    if m == 0 or n == 0 or k == 0:
+        raise ValueError("empty operands")
+    fr_few_nn(m, k, &a[0, 0], a.strides[0] // 4, &w[0, 0], w.strides[0] // 4, &c[0, 0],
+              c.strides[0] // 4, accumulate, j0, j1)
+
+
 def _kernel_gemm_tn(const float[:, :] a, const float[:, :] b, float[:, :] c,
                     bint accumulate=False):
     """C = A^T B [+ C], A stored K x m, B K x n, on fr_gemm_tn."""

@@ -1,8 +1,8 @@
 /* The kernel table in C alone, for compilers and targets the Python build does not use
  * here (clang, a cross compiler under qemu): on every level the CPU runs, the packed GEMM
- * against a plain triple loop and the vector LSTM and GRU cells against the scalar rows,
- * and the CPU detection against GCC's own. Prints one line a level; exits 1 on any
- * mismatch. */
+ * and the few-rows kernels against a plain triple loop, the vector LSTM and GRU cells
+ * against the scalar rows, and the CPU detection against GCC's own. Prints one line a
+ * level; exits 1 on any mismatch. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,7 +25,7 @@ static int close_enough(double got, double want, double tol)
 static int check_gemm(void)
 {
     static const long ns[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130};
-    static const long ks[] = {1, 7, 33};
+    static const long ks[] = {1, 7, 33, 100};
     int bad = 0;
     for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
         for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)
@@ -39,19 +39,56 @@ static int check_gemm(void)
                 for (long i = 0; i < n * k; i++)
                     w[i] = rnd();
                 fr_pack_panels(1, n, k, w, k, pk, 0, fr_panels(n));
-                fr_gemm_panels(m, n, k, a, k, pk, c, n, 0, 0, fr_panels(n));
+                for (int few = 0; few < 2; few++) {
+                    if (few)
+                        fr_few(m, k, a, k, w, k, c, n, 0, 0, n);
+                    else
+                        fr_gemm_panels(m, n, k, a, k, pk, c, n, 0, 0, fr_panels(n));
+                    for (long i = 0; i < m; i++)
+                        for (long j = 0; j < n; j++) {
+                            double want = 0;
+                            for (long kk = 0; kk < k; kk++)
+                                want += (double)a[i * k + kk] * w[j * k + kk];
+                            if (!close_enough(c[i * n + j], want, 1e-5)) {
+                                if (bad++ < 5)
+                                    printf("  %s m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n",
+                                           few ? "few" : "gemm", m, n, k, i, j, c[i * n + j],
+                                           want);
+                            }
+                        }
+                }
+                free(a), free(w), free(c), free(pk);
+            }
+    return bad;
+}
+
+/* C = A @ W with W (k x n) read in place (fr_few_nn) */
+static int check_few_nn(void)
+{
+    static const long ns[] = {1, 3, 4, 5, 8, 9, 16, 17, 33, 65};
+    static const long ks[] = {1, 2, 3, 4, 5, 9, 33};
+    int bad = 0;
+    for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
+        for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)
+            for (long m = 1; m <= 9; m++) {
+                long n = ns[in], k = ks[ik];
+                float *a = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * k * n);
+                float *c = malloc(sizeof(float) * m * n);
+                for (long i = 0; i < m * k; i++)
+                    a[i] = rnd();
+                for (long i = 0; i < k * n; i++)
+                    w[i] = rnd();
+                fr_few_nn(m, k, a, k, w, n, c, n, 0, 0, n);
                 for (long i = 0; i < m; i++)
                     for (long j = 0; j < n; j++) {
                         double want = 0;
                         for (long kk = 0; kk < k; kk++)
-                            want += (double)a[i * k + kk] * w[j * k + kk];
-                        if (!close_enough(c[i * n + j], want, 1e-5)) {
-                            if (bad++ < 5)
-                                printf("  gemm m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n", m, n,
-                                       k, i, j, c[i * n + j], want);
-                        }
+                            want += (double)a[i * k + kk] * w[kk * n + j];
+                        if (!close_enough(c[i * n + j], want, 1e-5) && bad++ < 5)
+                            printf("  few_nn m=%ld n=%ld k=%ld [%ld,%ld]: %g != %g\n", m, n, k,
+                                   i, j, c[i * n + j], want);
                     }
-                free(a), free(w), free(c), free(pk);
+                free(a), free(w), free(c);
             }
     return bad;
 }
@@ -108,7 +145,7 @@ int main(void)
     for (int level = 0; level <= fr_cpu_best_level(); level++) {
         if (fr_kt_use(level) != 0)
             return 2;
-        int bad = check_gemm() + check_cells();
+        int bad = check_gemm() + check_few_nn() + check_cells();
         printf("%s: %s\n", fr_kt.name, bad ? "FAILED" : "ok");
         failed |= bad != 0;
     }

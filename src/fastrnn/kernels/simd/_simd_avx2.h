@@ -7,6 +7,7 @@
                   * registers */
 #define FRV_MR 6
 #define FRV_CHAINS 10
+#define FRV_FEW_MR 2 /* 2 rows x 4 weight rows: 8 accumulators of the 16 ymm registers */
 #define FRV_LDEXP_OVERFLOWS 0 /* 2^n built in the exponent bits: n <= 127 */
 #define frv __m256
 
@@ -37,6 +38,13 @@ static inline void fr_store_n_avx2(float *p, long n, __m256 v)
 #define frv_load(p) _mm256_loadu_ps(p)
 #define frv_store(p, v) _mm256_storeu_ps(p, v)
 #define frv_load_n fr_load_n_avx2
+static inline float fr_hsum_avx2(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#define frv_hsum fr_hsum_avx2
 #define frv_store_n fr_store_n_avx2
 #define frv_add _mm256_add_ps
 #define frv_sub _mm256_sub_ps

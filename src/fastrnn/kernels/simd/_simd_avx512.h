@@ -16,12 +16,15 @@
  *   frv_select_lt       a < b ? x : y, lane by lane
  *   frv_round           to the nearest integer; frv_ldexp(p, n) = p * 2^n (n integral)
  *   frv_transpose(src, lds, dst, ldd)  an FRV_N x FRV_N block transposed
+ *   FRV_FEW_MR          rows of A a block of the few-rows kernel (fr_few) takes at once
+ *   frv_hsum            the sum of the lanes, a float (a fixed order of additions)
  */
 #define FRV_SUFFIX avx512
 #define FRV_N 16
 #define FRV_NV 4 /* panel of 64 floats: 4 zmm registers */
 #define FRV_MR 6 /* 6 x 4 = 24 accumulators of the 32 zmm registers */
 #define FRV_CHAINS 12
+#define FRV_FEW_MR 4 /* 4 rows x 4 weight rows: 16 accumulators */
 /* frv_ldexp(p, n) is +inf where p * 2^n is beyond FLT_MAX (n up to 128) */
 #define FRV_LDEXP_OVERFLOWS 1
 #define frv __m512
@@ -56,6 +59,7 @@ static inline __mmask16 fr_mask_avx512(long left)
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x)
 #define frv_round(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define frv_ldexp(p, n) _mm512_scalef_ps(p, n)
+#define frv_hsum _mm512_reduce_add_ps
 
 /* dst[i * ldd + j] = src[j * lds + i] for i, j < 16: pairs of rows interleaved, then
  * pairs of pairs, then 128-bit lanes */

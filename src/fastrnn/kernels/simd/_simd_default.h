@@ -8,6 +8,7 @@
                   * x86-64, 32 on aarch64) */
 #define FRV_MR 6
 #define FRV_CHAINS 8
+#define FRV_FEW_MR 2 /* 2 rows x 4 weight rows: 8 accumulators */
 #define FRV_LDEXP_OVERFLOWS 0 /* 2^n built in the exponent bits: n <= 127 */
 
 typedef float fr_v4f __attribute__((vector_size(16)));
@@ -86,3 +87,4 @@ static inline void fr_transpose_default(const float *src, long lds, float *dst, 
 #define frv_round fr_round_default
 #define frv_ldexp fr_ldexp_default
 #define frv_transpose fr_transpose_default
+#define frv_hsum(v) (((v)[0] + (v)[2]) + ((v)[1] + (v)[3]))

@@ -4,6 +4,7 @@
 #undef FRV_NV
 #undef FRV_MR
 #undef FRV_CHAINS
+#undef FRV_FEW_MR
 #undef FRV_LDEXP_OVERFLOWS
 #undef frv
 #undef frv_zero
@@ -26,3 +27,4 @@
 #undef frv_round
 #undef frv_ldexp
 #undef frv_transpose
+#undef frv_hsum
