@@ -56,7 +56,7 @@ cdef struct BwdLoop:
     void *ppacked
     void *pbpack  # per thread bpack_floats for fr_gemm_tn, or NULL: BLAS
     Py_ssize_t bpack_floats
-    volatile long *stop  # the call's stop word (_stop.h), or NULL
+    volatile Py_ssize_t *stop  # the call's stop word (_stop.h), or NULL
 
 
 cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
@@ -85,7 +85,7 @@ cdef void backward_units(floating *kind, BwdLoop *L, int tid, int nth,
     cdef floating *pseq = <floating *> L.pseq
     cdef const floating *hprev
     cdef const floating *cprev
-    cdef long u0, u1, nr = fr_panel_width()
+    cdef Py_ssize_t u0, u1, nr = fr_panel_width()
     cdef Py_ssize_t s, row, prow, nu
     if floating is float:
         fr_split(H, nr, tid, nth, &u0, &u1)
@@ -143,7 +143,7 @@ cdef void backward_few(floating *kind, BwdLoop *L, int tid, int nth) noexcept no
     cdef floating *pseq = <floating *> L.pseq
     cdef const floating *hprev
     cdef const floating *cprev
-    cdef long u0, u1
+    cdef Py_ssize_t u0, u1
     cdef Py_ssize_t s, b, row, prow, r, nu
     if floating is float:
         fr_split(H, fr_kt.lanes, tid, nth, &u0, &u1)
@@ -310,7 +310,7 @@ cdef inline void bwd_merged_gemms(const BwdLoop *L, int tid, int nth, const floa
     cdef floating *pdbih = <floating *> L.pdbih
     cdef floating *pdbhh = <floating *> L.pdbhh
     cdef floating *pdwhr = <floating *> L.pdwhr
-    cdef long lo_c, hi_c
+    cdef Py_ssize_t lo_c, hi_c
     if floating is float:
         if L.few:
             # dx = dGx @ W_ih with W_ih read in place, the threads taking its columns
@@ -430,7 +430,7 @@ cdef void backward_loop(floating *kind, BwdLoop *L, int tid, int nth) noexcept n
             step_gemm(packed_hh, <int> n, <int> Hout, <int> K, pdg + r0 * ld_dg, <int> ld_dg, False,
                       pwhh, <int> Hout, _is_gru(cell), pdh + lo * Hout, <int> Hout)
     sync(tid, nth)
-    if L.stop != NULL and L.stop[0] != LONG_MAX:
+    if L.stop != NULL and L.stop[0] != PTRDIFF_MAX:
         return  # stopped: the word is final here (no thread polls past the loop)
     bwd_merged_gemms(L, tid, nth, packed_ih, packed_ih_n, bpack)
 

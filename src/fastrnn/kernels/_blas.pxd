@@ -10,13 +10,13 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 # thread count: _kernels.blas_calls_made)
 cdef extern from *:
     """
-    static long fr_blas_calls = 0;
+    static ptrdiff_t fr_blas_calls = 0;
     static inline void fr_count_blas_call(void)
     {
         __atomic_add_fetch(&fr_blas_calls, 1, __ATOMIC_RELAXED);
     }
     """
-    long fr_blas_calls
+    Py_ssize_t fr_blas_calls
     void fr_count_blas_call() noexcept nogil
 
 

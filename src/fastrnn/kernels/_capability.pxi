@@ -66,11 +66,11 @@ def use_cpu_capability(name):
         fr_kt_use(before)
 
 
-cdef double _fma_rounds(long iters) noexcept nogil:
+cdef double _fma_rounds(Py_ssize_t iters) noexcept nogil:
     return fr_kt.fma_chains(iters)
 
 
-def _fma_thread(long iters, list out):
+def _fma_thread(Py_ssize_t iters, list out):
     cdef double r
     with nogil:
         r = _fma_rounds(iters)
@@ -83,7 +83,7 @@ def fma_peak(double seconds=0.2, int threads=1):
     kernels' arithmetic. Best of a few runs of about `seconds` / 3 each."""
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    cdef long iters = 1 << 16
+    cdef Py_ssize_t iters = 1 << 16
     cdef double elapsed = 0.0, best = 0.0
     out = []
     while True:  # calibrate: a run of at least a tenth of the asked time
@@ -93,7 +93,7 @@ def fma_peak(double seconds=0.2, int threads=1):
         if elapsed >= seconds / 10 or iters > (1 << 40):
             break
         iters *= 4
-    iters = max(1, <long> (iters * (seconds / 3) / max(elapsed, 1e-9)))
+    iters = max(1, <Py_ssize_t> (iters * (seconds / 3) / max(elapsed, 1e-9)))
     for _ in range(3):
         workers = [threading.Thread(target=_fma_thread, args=(iters, out))
                    for _ in range(threads)]

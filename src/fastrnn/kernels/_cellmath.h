@@ -56,22 +56,25 @@ static inline double fr_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* A table of the row functions of one type: _cellmath_rows.h fills one per type and ISA,
  * _ktable.h picks the ISA. */
-#define FR_ROWS_STRUCT(T, S)                                                               \
-    typedef struct {                                                                       \
-        void (*rnn_row)(int relu, long H, T *v, const T *gh, const T *bias);               \
-        void (*lstm_row)(long H, long n, T *a, const T *gh, const T *bias, T *c, T *m);    \
-        void (*gru_after_row)(long H, long n, T *a, const T *gh, const T *bias,            \
-                              const T *b_hn, const T *hprev, T *hnew);                     \
-        void (*gru_before_gates)(long H, T *a, const T *gh, const T *bias, const T *hprev); \
-        void (*gru_before_out)(long H, T *a, const T *ghn, const T *bias, const T *hprev,  \
-                               T *hnew);                                                   \
-        void (*rnn_drow)(int relu, long H, const T *h, const T *dh, T *dg);                \
-        void (*lstm_drow)(long H, long n, const T *a, const T *c, const T *cprev,          \
-                          const T *dm, T *dc, T *dg);                                      \
-        void (*gru_after_drow)(long H, long n, const T *a, const T *hprev, T *dh, T *dg);  \
-        void (*gru_before_drow1)(long H, const T *a, const T *hprev, T *dh, T *dg);        \
-        void (*gru_before_drow2)(long H, const T *a, const T *hprev, const T *drh, T *dh,  \
-                                 T *dg);                                                   \
+#define FR_ROWS_STRUCT(T, S)                                                                    \
+    typedef struct {                                                                            \
+        void (*rnn_row)(int relu, ptrdiff_t H, T *v, const T *gh, const T *bias);               \
+        void (*lstm_row)(ptrdiff_t H, ptrdiff_t n, T *a, const T *gh, const T *bias, T *c,      \
+                         T *m);                                                                 \
+        void (*gru_after_row)(ptrdiff_t H, ptrdiff_t n, T *a, const T *gh, const T *bias,       \
+                              const T *b_hn, const T *hprev, T *hnew);                          \
+        void (*gru_before_gates)(ptrdiff_t H, T *a, const T *gh, const T *bias,                 \
+                                 const T *hprev);                                               \
+        void (*gru_before_out)(ptrdiff_t H, T *a, const T *ghn, const T *bias, const T *hprev,  \
+                               T *hnew);                                                        \
+        void (*rnn_drow)(int relu, ptrdiff_t H, const T *h, const T *dh, T *dg);                \
+        void (*lstm_drow)(ptrdiff_t H, ptrdiff_t n, const T *a, const T *c, const T *cprev,     \
+                          const T *dm, T *dc, T *dg);                                           \
+        void (*gru_after_drow)(ptrdiff_t H, ptrdiff_t n, const T *a, const T *hprev, T *dh,     \
+                               T *dg);                                                          \
+        void (*gru_before_drow1)(ptrdiff_t H, const T *a, const T *hprev, T *dh, T *dg);        \
+        void (*gru_before_drow2)(ptrdiff_t H, const T *a, const T *hprev, const T *drh, T *dh,  \
+                                 T *dg);                                                        \
     } S;
 FR_ROWS_STRUCT(float, fr_rows_f_t)
 FR_ROWS_STRUCT(double, fr_rows_d_t)
@@ -82,34 +85,34 @@ static const fr_rows_f_t *fr_rows_f_in_use;
 static const fr_rows_d_t *fr_rows_d_in_use;
 
 /* The names the Cython side calls (_cellmath.pxd): the rows of the ISA in use. */
-#define FR_ROW_CALLS(S, T, tbl)                                                            \
-    static inline void rnn_row_##S(int relu, long H, T *v, const T *gh, const T *bias)     \
-    { tbl->rnn_row(relu, H, v, gh, bias); }                                                \
-    static inline void lstm_row_##S(long H, long n, T *a, const T *gh, const T *bias, T *c, \
-                                    T *m)                                                  \
-    { tbl->lstm_row(H, n, a, gh, bias, c, m); }                                            \
-    static inline void gru_after_row_##S(long H, long n, T *a, const T *gh, const T *bias, \
-                                         const T *b_hn, const T *hprev, T *hnew)           \
-    { tbl->gru_after_row(H, n, a, gh, bias, b_hn, hprev, hnew); }                          \
-    static inline void gru_before_gates_##S(long H, T *a, const T *gh, const T *bias,      \
-                                            const T *hprev)                                \
-    { tbl->gru_before_gates(H, a, gh, bias, hprev); }                                      \
-    static inline void gru_before_out_##S(long H, T *a, const T *ghn, const T *bias,       \
-                                          const T *hprev, T *hnew)                         \
-    { tbl->gru_before_out(H, a, ghn, bias, hprev, hnew); }                                 \
-    static inline void rnn_drow_##S(int relu, long H, const T *h, const T *dh, T *dg)      \
-    { tbl->rnn_drow(relu, H, h, dh, dg); }                                                 \
-    static inline void lstm_drow_##S(long H, long n, const T *a, const T *c,               \
-                                     const T *cprev, const T *dm, T *dc, T *dg)            \
-    { tbl->lstm_drow(H, n, a, c, cprev, dm, dc, dg); }                                     \
-    static inline void gru_after_drow_##S(long H, long n, const T *a, const T *hprev,      \
-                                          T *dh, T *dg)                                    \
-    { tbl->gru_after_drow(H, n, a, hprev, dh, dg); }                                       \
-    static inline void gru_before_drow1_##S(long H, const T *a, const T *hprev, T *dh,     \
-                                            T *dg)                                         \
-    { tbl->gru_before_drow1(H, a, hprev, dh, dg); }                                        \
-    static inline void gru_before_drow2_##S(long H, const T *a, const T *hprev,            \
-                                            const T *drh, T *dh, T *dg)                    \
+#define FR_ROW_CALLS(S, T, tbl)                                                                 \
+    static inline void rnn_row_##S(int relu, ptrdiff_t H, T *v, const T *gh, const T *bias)     \
+    { tbl->rnn_row(relu, H, v, gh, bias); }                                                     \
+    static inline void lstm_row_##S(ptrdiff_t H, ptrdiff_t n, T *a, const T *gh, const T *bias, \
+                                    T *c, T *m)                                                 \
+    { tbl->lstm_row(H, n, a, gh, bias, c, m); }                                                 \
+    static inline void gru_after_row_##S(ptrdiff_t H, ptrdiff_t n, T *a, const T *gh,           \
+                                         const T *bias, const T *b_hn, const T *hprev, T *hnew) \
+    { tbl->gru_after_row(H, n, a, gh, bias, b_hn, hprev, hnew); }                               \
+    static inline void gru_before_gates_##S(ptrdiff_t H, T *a, const T *gh, const T *bias,      \
+                                            const T *hprev)                                     \
+    { tbl->gru_before_gates(H, a, gh, bias, hprev); }                                           \
+    static inline void gru_before_out_##S(ptrdiff_t H, T *a, const T *ghn, const T *bias,       \
+                                          const T *hprev, T *hnew)                              \
+    { tbl->gru_before_out(H, a, ghn, bias, hprev, hnew); }                                      \
+    static inline void rnn_drow_##S(int relu, ptrdiff_t H, const T *h, const T *dh, T *dg)      \
+    { tbl->rnn_drow(relu, H, h, dh, dg); }                                                      \
+    static inline void lstm_drow_##S(ptrdiff_t H, ptrdiff_t n, const T *a, const T *c,          \
+                                     const T *cprev, const T *dm, T *dc, T *dg)                 \
+    { tbl->lstm_drow(H, n, a, c, cprev, dm, dc, dg); }                                          \
+    static inline void gru_after_drow_##S(ptrdiff_t H, ptrdiff_t n, const T *a, const T *hprev, \
+                                          T *dh, T *dg)                                         \
+    { tbl->gru_after_drow(H, n, a, hprev, dh, dg); }                                            \
+    static inline void gru_before_drow1_##S(ptrdiff_t H, const T *a, const T *hprev, T *dh,     \
+                                            T *dg)                                              \
+    { tbl->gru_before_drow1(H, a, hprev, dh, dg); }                                             \
+    static inline void gru_before_drow2_##S(ptrdiff_t H, const T *a, const T *hprev,            \
+                                            const T *drh, T *dh, T *dg)                         \
     { tbl->gru_before_drow2(H, a, hprev, drh, dh, dg); }
 FR_ROW_CALLS(f, float, fr_rows_f_in_use)
 FR_ROW_CALLS(d, double, fr_rows_d_in_use)

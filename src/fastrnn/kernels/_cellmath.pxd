@@ -6,39 +6,40 @@
 from cython cimport floating
 
 cdef extern from "_cellmath.h" nogil:
-    void rnn_row_f(int relu, long H, float *v, const float *gh, const float *bias)
-    void rnn_row_d(int relu, long H, double *v, const double *gh, const double *bias)
-    void lstm_row_f(long H, long n, float *a, const float *gh, const float *bias, float *c, float *m)
-    void lstm_row_d(long H, long n, double *a, const double *gh, const double *bias, double *c,
-                    double *m)
-    void gru_after_row_f(long H, long n, float *a, const float *gh, const float *bias,
+    void rnn_row_f(int relu, Py_ssize_t H, float *v, const float *gh, const float *bias)
+    void rnn_row_d(int relu, Py_ssize_t H, double *v, const double *gh, const double *bias)
+    void lstm_row_f(Py_ssize_t H, Py_ssize_t n, float *a, const float *gh, const float *bias,
+                    float *c, float *m)
+    void lstm_row_d(Py_ssize_t H, Py_ssize_t n, double *a, const double *gh, const double *bias,
+                    double *c, double *m)
+    void gru_after_row_f(Py_ssize_t H, Py_ssize_t n, float *a, const float *gh, const float *bias,
                          const float *b_hn, const float *hprev, float *hnew)
-    void gru_after_row_d(long H, long n, double *a, const double *gh, const double *bias,
-                         const double *b_hn, const double *hprev, double *hnew)
-    void gru_before_gates_f(long H, float *a, const float *gh, const float *bias,
+    void gru_after_row_d(Py_ssize_t H, Py_ssize_t n, double *a, const double *gh,
+                         const double *bias, const double *b_hn, const double *hprev, double *hnew)
+    void gru_before_gates_f(Py_ssize_t H, float *a, const float *gh, const float *bias,
                             const float *hprev)
-    void gru_before_gates_d(long H, double *a, const double *gh, const double *bias,
+    void gru_before_gates_d(Py_ssize_t H, double *a, const double *gh, const double *bias,
                             const double *hprev)
-    void gru_before_out_f(long H, float *a, const float *ghn, const float *bias,
+    void gru_before_out_f(Py_ssize_t H, float *a, const float *ghn, const float *bias,
                           const float *hprev, float *hnew)
-    void gru_before_out_d(long H, double *a, const double *ghn, const double *bias,
+    void gru_before_out_d(Py_ssize_t H, double *a, const double *ghn, const double *bias,
                           const double *hprev, double *hnew)
-    void rnn_drow_f(int relu, long H, const float *h, const float *dh, float *dg)
-    void rnn_drow_d(int relu, long H, const double *h, const double *dh, double *dg)
-    void lstm_drow_f(long H, long n, const float *a, const float *c, const float *cprev,
+    void rnn_drow_f(int relu, Py_ssize_t H, const float *h, const float *dh, float *dg)
+    void rnn_drow_d(int relu, Py_ssize_t H, const double *h, const double *dh, double *dg)
+    void lstm_drow_f(Py_ssize_t H, Py_ssize_t n, const float *a, const float *c, const float *cprev,
                      const float *dm, float *dc, float *dg)
-    void lstm_drow_d(long H, long n, const double *a, const double *c, const double *cprev,
-                     const double *dm, double *dc, double *dg)
-    void gru_after_drow_f(long H, long n, const float *a, const float *hprev, float *dh,
+    void lstm_drow_d(Py_ssize_t H, Py_ssize_t n, const double *a, const double *c,
+                     const double *cprev, const double *dm, double *dc, double *dg)
+    void gru_after_drow_f(Py_ssize_t H, Py_ssize_t n, const float *a, const float *hprev, float *dh,
                           float *dg)
-    void gru_after_drow_d(long H, long n, const double *a, const double *hprev, double *dh,
-                          double *dg)
-    void gru_before_drow1_f(long H, const float *a, const float *hprev, float *dh, float *dg)
-    void gru_before_drow1_d(long H, const double *a, const double *hprev, double *dh,
+    void gru_after_drow_d(Py_ssize_t H, Py_ssize_t n, const double *a, const double *hprev,
+                          double *dh, double *dg)
+    void gru_before_drow1_f(Py_ssize_t H, const float *a, const float *hprev, float *dh, float *dg)
+    void gru_before_drow1_d(Py_ssize_t H, const double *a, const double *hprev, double *dh,
                             double *dg)
-    void gru_before_drow2_f(long H, const float *a, const float *hprev, const float *drh,
+    void gru_before_drow2_f(Py_ssize_t H, const float *a, const float *hprev, const float *drh,
                             float *dh, float *dg)
-    void gru_before_drow2_d(long H, const double *a, const double *hprev,
+    void gru_before_drow2_d(Py_ssize_t H, const double *a, const double *hprev,
                             const double *drh, double *dh, double *dg)
 
 

@@ -7,10 +7,10 @@
  * d sigmoid = y (1 - y), d tanh = 1 - y^2. Layouts of `a` and `dg` are in _kernels.pyx. */
 
 /* In place: v holds the row's input projection on entry and the new state h on exit. */
-static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
+static void FR_NAME(rnn_row)(int relu, ptrdiff_t H, FR_T *restrict v,
                                        const FR_T *restrict gh, const FR_T *restrict bias)
 {
-    for (long j = 0; j < H; j++) {
+    for (ptrdiff_t j = 0; j < H; j++) {
         FR_T u = v[j] + gh[j] + bias[j];
         v[j] = relu ? (u < 0 ? 0 : u) : FR_TANH(u); /* NaN stays NaN, as in torch */
     }
@@ -18,11 +18,11 @@ static void FR_NAME(rnn_row)(int relu, long H, FR_T *restrict v,
 
 /* lstm_row and gru_after_row compute units [0, n) of gate blocks H apart (n = H but for
  * a thread's share of the units; pointers then start at its first unit). */
-static void FR_NAME(lstm_row)(long H, long n, FR_T *restrict a,
+static void FR_NAME(lstm_row)(ptrdiff_t H, ptrdiff_t n, FR_T *restrict a,
                                         const FR_T *restrict gh, const FR_T *restrict bias,
                                         FR_T *restrict c, FR_T *restrict m)
 {
-    for (long j = 0; j < n; j++) {
+    for (ptrdiff_t j = 0; j < n; j++) {
         FR_T i = FR_SIGMOID(a[j] + gh[j] + bias[j]);
         FR_T f = FR_SIGMOID(a[H + j] + gh[H + j] + bias[H + j]);
         FR_T g = FR_TANH(a[2 * H + j] + gh[2 * H + j] + bias[2 * H + j]);
@@ -37,13 +37,13 @@ static void FR_NAME(lstm_row)(long H, long n, FR_T *restrict a,
     }
 }
 
-static void FR_NAME(gru_after_row)(long H, long n, FR_T *restrict a,
+static void FR_NAME(gru_after_row)(ptrdiff_t H, ptrdiff_t n, FR_T *restrict a,
                                              const FR_T *restrict gh,
                                              const FR_T *restrict bias,
                                              const FR_T *restrict b_hn,
                                              const FR_T *restrict hprev, FR_T *restrict hnew)
 {
-    for (long j = 0; j < n; j++) {
+    for (ptrdiff_t j = 0; j < n; j++) {
         FR_T r = FR_SIGMOID(a[j] + gh[j] + bias[j]);
         FR_T z = FR_SIGMOID(a[H + j] + gh[H + j] + bias[H + j]);
         FR_T hn = gh[2 * H + j] + b_hn[j];
@@ -57,12 +57,12 @@ static void FR_NAME(gru_after_row)(long H, long n, FR_T *restrict a,
 }
 
 /* Reset-before GRU, first half: r, z and rh = r * h_prev, the input of W_hn. */
-static void FR_NAME(gru_before_gates)(long H, FR_T *restrict a,
+static void FR_NAME(gru_before_gates)(ptrdiff_t H, FR_T *restrict a,
                                                 const FR_T *restrict gh,
                                                 const FR_T *restrict bias,
                                                 const FR_T *restrict hprev)
 {
-    for (long j = 0; j < H; j++) {
+    for (ptrdiff_t j = 0; j < H; j++) {
         FR_T r = FR_SIGMOID(a[j] + gh[j] + bias[j]);
         a[j] = r;
         a[H + j] = FR_SIGMOID(a[H + j] + gh[H + j] + bias[H + j]);
@@ -71,13 +71,13 @@ static void FR_NAME(gru_before_gates)(long H, FR_T *restrict a,
 }
 
 /* Second half: n = tanh(x_n + W_hn rh + b_in + b_hn) and the new state. */
-static void FR_NAME(gru_before_out)(long H, FR_T *restrict a,
+static void FR_NAME(gru_before_out)(ptrdiff_t H, FR_T *restrict a,
                                               const FR_T *restrict ghn,
                                               const FR_T *restrict bias,
                                               const FR_T *restrict hprev,
                                               FR_T *restrict hnew)
 {
-    for (long j = 0; j < H; j++) {
+    for (ptrdiff_t j = 0; j < H; j++) {
         FR_T z = a[H + j];
         FR_T n = FR_TANH(a[2 * H + j] + ghn[j] + bias[2 * H + j]);
         a[2 * H + j] = n;
@@ -85,10 +85,10 @@ static void FR_NAME(gru_before_out)(long H, FR_T *restrict a,
     }
 }
 
-static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h,
+static void FR_NAME(rnn_drow)(int relu, ptrdiff_t H, const FR_T *restrict h,
                                         const FR_T *restrict dh, FR_T *restrict dg)
 {
-    for (long j = 0; j < H; j++)
+    for (ptrdiff_t j = 0; j < H; j++)
         /* relu: a product, not a choice, so that a NaN gradient stays NaN (as in the
          * reference and torch) */
         dg[j] = relu ? dh[j] * (FR_T)(h[j] > 0) : dh[j] * (1 - h[j] * h[j]);
@@ -96,12 +96,12 @@ static void FR_NAME(rnn_drow)(int relu, long H, const FR_T *restrict h,
 
 /* dc carries dL/dc_t in and dL/dc_{t-1} out; dm is dL/dm_t, m = o * tanh(c_t). */
 /* lstm_drow and gru_after_drow: units [0, n) of gate blocks H apart, as lstm_row. */
-static void FR_NAME(lstm_drow)(long H, long n, const FR_T *restrict a,
+static void FR_NAME(lstm_drow)(ptrdiff_t H, ptrdiff_t n, const FR_T *restrict a,
                                          const FR_T *restrict c, const FR_T *restrict cprev,
                                          const FR_T *restrict dm, FR_T *restrict dc,
                                          FR_T *restrict dg)
 {
-    for (long j = 0; j < n; j++) {
+    for (ptrdiff_t j = 0; j < n; j++) {
         FR_T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
         FR_T tc = FR_TANH(c[j]);
         FR_T dct = dc[j] + dm[j] * o * (1 - tc * tc);
@@ -114,11 +114,11 @@ static void FR_NAME(lstm_drow)(long H, long n, const FR_T *restrict a,
 }
 
 /* dh holds dL/dh_t in and the direct part z * dh of dL/dh_{t-1} out. */
-static void FR_NAME(gru_after_drow)(long H, long n, const FR_T *restrict a,
+static void FR_NAME(gru_after_drow)(ptrdiff_t H, ptrdiff_t n, const FR_T *restrict a,
                                               const FR_T *restrict hprev, FR_T *restrict dh,
                                               FR_T *restrict dg)
 {
-    for (long j = 0; j < n; j++) {
+    for (ptrdiff_t j = 0; j < n; j++) {
         FR_T r = a[j], z = a[H + j], n = a[2 * H + j], hn = a[3 * H + j];
         FR_T d = dh[j];
         FR_T dn = d * (1 - z) * (1 - n * n);
@@ -131,11 +131,11 @@ static void FR_NAME(gru_after_drow)(long H, long n, const FR_T *restrict a,
 }
 
 /* Reset-before GRU, first half: dz and dn from dL/dh_t; dh keeps the direct part. */
-static void FR_NAME(gru_before_drow1)(long H, const FR_T *restrict a,
+static void FR_NAME(gru_before_drow1)(ptrdiff_t H, const FR_T *restrict a,
                                                 const FR_T *restrict hprev,
                                                 FR_T *restrict dh, FR_T *restrict dg)
 {
-    for (long j = 0; j < H; j++) {
+    for (ptrdiff_t j = 0; j < H; j++) {
         FR_T z = a[H + j], n = a[2 * H + j], d = dh[j];
         dg[H + j] = d * (hprev[j] - n) * z * (1 - z);
         dg[2 * H + j] = d * (1 - z) * (1 - n * n);
@@ -144,12 +144,12 @@ static void FR_NAME(gru_before_drow1)(long H, const FR_T *restrict a,
 }
 
 /* Second half: dr from d(rh) = dn W_hn; rh = r * h_prev also sends r * d(rh) to h_prev. */
-static void FR_NAME(gru_before_drow2)(long H, const FR_T *restrict a,
+static void FR_NAME(gru_before_drow2)(ptrdiff_t H, const FR_T *restrict a,
                                                 const FR_T *restrict hprev,
                                                 const FR_T *restrict drh, FR_T *restrict dh,
                                                 FR_T *restrict dg)
 {
-    for (long j = 0; j < H; j++) {
+    for (ptrdiff_t j = 0; j < H; j++) {
         FR_T r = a[j];
         dg[j] = drh[j] * hprev[j] * r * (1 - r);
         dh[j] += drh[j] * r;

@@ -8,39 +8,42 @@
 cdef extern from "_ktable.h" nogil:
     ctypedef struct fr_ktable:
         const char *name
-        long nr, mr, lanes, chain_flops
-        float (*fma_chains)(long iters) noexcept nogil
+        Py_ssize_t nr, mr, lanes, chain_flops
+        float (*fma_chains)(Py_ssize_t iters) noexcept nogil
     fr_ktable fr_kt
     enum: FR_CAP_LEVELS
     const char *fr_cap_names[]
     int fr_cpu_best_level()
     int fr_kt_use(int level)
-    long fr_panel_width()
-    size_t fr_packed_size(long n, long k)
-    long fr_panels(long n)
-    void fr_pack_panels(int trans, long n, long k, const float *w, long ldw, float *packed,
-                        long p0, long p1)
-    void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
-                        const float *packed, float *c, long ldc, int accumulate, long p0,
-                        long p1)
-    void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
-                    long ldb, float *c, long ldc, int accumulate, float *bpack)
+    Py_ssize_t fr_panel_width()
+    size_t fr_packed_size(Py_ssize_t n, Py_ssize_t k)
+    Py_ssize_t fr_panels(Py_ssize_t n)
+    void fr_pack_panels(int trans, Py_ssize_t n, Py_ssize_t k, const float *w, Py_ssize_t ldw,
+                        float *packed, Py_ssize_t p0, Py_ssize_t p1)
+    void fr_gemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
+                        const float *packed, float *c, Py_ssize_t ldc, int accumulate,
+                        Py_ssize_t p0, Py_ssize_t p1)
+    void fr_gemm_tn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t K, const float *a, Py_ssize_t lda,
+                    const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int accumulate,
+                    float *bpack)
     enum: FR_KC
-    void fr_few(long m, long k, const float *a, long lda, const float *w, long ldw, float *c,
-                long ldc, int accumulate, long j0, long j1)
-    void fr_few_nn(long m, long k, const float *a, long lda, const float *w, long ldw,
-                   float *c, long ldc, int accumulate, long j0, long j1)
-    void fr_lstm_row_v(long H, long n, const float *a, const float *gh, const float *bias,
-                       float *ar, float *c, float *cs, float *o)
-    void fr_gru_row_v(long H, long n, const float *a, const float *gh, const float *bias,
-                      const float *bhn, const float *hp, float *ar, float *o)
-    void fr_rnn_row_v(int relu, long n, const float *a, const float *gh, const float *bias,
+    void fr_few(Py_ssize_t m, Py_ssize_t k, const float *a, Py_ssize_t lda, const float *w,
+                Py_ssize_t ldw, float *c, Py_ssize_t ldc, int accumulate, Py_ssize_t j0,
+                Py_ssize_t j1)
+    void fr_few_nn(Py_ssize_t m, Py_ssize_t k, const float *a, Py_ssize_t lda, const float *w,
+                   Py_ssize_t ldw, float *c, Py_ssize_t ldc, int accumulate, Py_ssize_t j0,
+                   Py_ssize_t j1)
+    void fr_lstm_row_v(Py_ssize_t H, Py_ssize_t n, const float *a, const float *gh,
+                       const float *bias, float *ar, float *c, float *cs, float *o)
+    void fr_gru_row_v(Py_ssize_t H, Py_ssize_t n, const float *a, const float *gh,
+                      const float *bias, const float *bhn, const float *hp, float *ar, float *o)
+    void fr_rnn_row_v(int relu, Py_ssize_t n, const float *a, const float *gh, const float *bias,
                       float *o)
-    void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk, float *a,
-                         long ld_gates, const float *bias, const float *bhn, float *h, float *c,
-                         float *out, float *cs, float *gh, const float *x, long nin,
-                         const float *packed_ih, float *gx, int *progress, int *wait_on,
-                         int *sleepers, long chunk, volatile long *stop)
+    void fr_seq1_forward(int mode, Py_ssize_t T, Py_ssize_t H, int reverse, const float *pk,
+                         float *a, Py_ssize_t ld_gates, const float *bias, const float *bhn,
+                         float *h, float *c, float *out, float *cs, float *gh, const float *x,
+                         Py_ssize_t nin, const float *packed_ih, float *gx, int *progress,
+                         int *wait_on, int *sleepers, Py_ssize_t chunk, volatile Py_ssize_t *stop)
 
 cdef extern from "_os.h" nogil:
     void *fr_alloc_lines(size_t nbytes)
@@ -48,10 +51,10 @@ cdef extern from "_os.h" nogil:
 
 cdef extern from "_stop.h" nogil:
     ctypedef struct fr_stop_word:
-        long word
+        Py_ssize_t word
     int (*fr_signal_poll)() noexcept nogil
-    bint fr_stop_before(volatile long *stop, long i, long stamp)
-    bint fr_stop_poll(volatile long *stop)
+    bint fr_stop_before(volatile Py_ssize_t *stop, Py_ssize_t i, Py_ssize_t stamp)
+    bint fr_stop_poll(volatile Py_ssize_t *stop)
     void fr_poll_begin(int polls)
 
 cdef extern from "_pool.h" nogil:
@@ -61,7 +64,7 @@ cdef extern from "_pool.h" nogil:
     int fr_threads_cap
     int (*fr_blas_get_threads)()
     int fr_blas_bind(void *blas_symbol)
-    int fr_pool_begin(int want, long warm_spins, int *held)
+    int fr_pool_begin(int want, Py_ssize_t warm_spins, int *held)
     void fr_pool_hold_blas(int *held)
     enum: FR_HELD_BLAS
     void fr_pool_end(int held)
@@ -69,9 +72,9 @@ cdef extern from "_pool.h" nogil:
     void fr_barrier(int tid, int nth)
     void fr_set_and_wake(int *word, int value, int *sleepers)
     void fr_wait_at_least(int *word, int value, int *sleepers)
-    void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
+    void fr_split(Py_ssize_t n, Py_ssize_t align, int tid, int nth, Py_ssize_t *lo, Py_ssize_t *hi)
     void fr_pool_after_fork_child()
-    long fr_slept_waits
+    Py_ssize_t fr_slept_waits
 
 
 # The mode codes the entry points take, with reset_after for the GRU (MODES: their names,

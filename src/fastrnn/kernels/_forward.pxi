@@ -34,7 +34,7 @@ cdef struct FwdLoop:
     # progress (the end of the loop stores the last)
     Py_ssize_t wait_steps
     int projected  # the rows projected up front already (by the threads of a stack)
-    volatile long *stop  # the call's stop word (_stop.h), or NULL
+    volatile Py_ssize_t *stop  # the call's stop word (_stop.h), or NULL
     void *px
     void *pwih
     void *pwhh
@@ -363,13 +363,13 @@ cdef void project_rows(floating *kind, FwdLoop *L, floating *packed_ih, int tid,
     cdef const floating *px = <const floating *> L.px
     cdef const floating *pwih = <const floating *> L.pwih
     cdef floating *pgates = <floating *> L.pgates
-    cdef long lo_row, hi_row, r0, rows
+    cdef Py_ssize_t lo_row, hi_row, r0, rows
     fr_split(L.N, 1, tid, nth, &lo_row, &hi_row)
     r0 = lo_row
     while r0 < hi_row:  # in blocks, between which the call can stop
         if fr_stop_poll(L.stop):
             return
-        rows = min(<long> MERGED_BLOCK_ROWS, hi_row - r0)
+        rows = min(<Py_ssize_t> MERGED_BLOCK_ROWS, hi_row - r0)
         if packed_ih != NULL:
             step_gemm(packed_ih, <int> rows, GH, <int> I, px + r0 * I, <int> I, True, pwih,
                       <int> I, False, pgates + r0 * ld_gates, <int> ld_gates)
@@ -408,7 +408,7 @@ cdef void forward_units(floating *kind, FwdLoop *L, int tid, int nth, floating *
     cdef const floating *hsrc = ph
     cdef floating *a
     cdef floating *orow
-    cdef long u0, u1, nr = fr_panel_width()
+    cdef Py_ssize_t u0, u1, nr = fr_panel_width()
     cdef Py_ssize_t s, s_end, t, row, g, nu, row_base = 0, chunk_end = 0
     if floating is float:
         fr_split(H, nr, tid, nth, &u0, &u1)
@@ -482,7 +482,7 @@ cdef void forward_few(floating *kind, FwdLoop *L, int tid, int nth) noexcept nog
     cdef const floating *hsrc = ph
     cdef floating *a
     cdef floating *orow
-    cdef long u0, u1
+    cdef Py_ssize_t u0, u1
     cdef Py_ssize_t s, t, b, g, nu, row
     if floating is float:
         # whole vectors of units for each thread but the last (the cells' lanes)

@@ -27,7 +27,7 @@ cdef inline floating *pack_weight(int tid, int nth, floating *dst, bint trans_w,
                                   Py_ssize_t ldw) noexcept nogil:
     """Pack this thread's share of the panels of op(W) (k x n) at dst (sync before use),
     or return NULL when packing is off (dst NULL, double)."""
-    cdef long lo, hi
+    cdef Py_ssize_t lo, hi
     if floating is float:
         if dst != NULL:
             fr_split(fr_panels(n), 1, tid, nth, &lo, &hi)
@@ -45,11 +45,11 @@ cdef enum:
 
 cdef inline void merged_tn(int tid, int nth, int m, int n, int k, const floating *a, int lda,
                            const floating *b, int ldb, floating *c, int ldc,
-                           floating *bpack, volatile long *stop) noexcept nogil:
+                           floating *bpack, volatile Py_ssize_t *stop) noexcept nogil:
     """This thread's rows of C (m x n) = A^T B, A stored k x m, B k x n: on the packed
     kernel when bpack (this thread's room for a packed block of B) is given, else BLAS;
     in blocks of the sum, returning early (C incomplete) once the call is stopped."""
-    cdef long lo, hi
+    cdef Py_ssize_t lo, hi
     cdef int k0 = 0, kc
     fr_split(m, 16, tid, nth, &lo, &hi)
     while k0 == 0 or k0 < k:
@@ -70,16 +70,16 @@ cdef inline void merged_tn(int tid, int nth, int m, int n, int k, const floating
 cdef inline void merged_nn(int tid, int nth, const floating *packed, int m, int n, int k,
                            const floating *a, int lda, const floating *w, int ldw,
                            bint accumulate, floating *c, int ldc,
-                           volatile long *stop) noexcept nogil:
+                           volatile Py_ssize_t *stop) noexcept nogil:
     """This thread's rows of C (m x n) = A (m x k) @ W (k x n) [+ C], W packed or not;
     in blocks of rows, returning early once the call is stopped."""
-    cdef long lo, hi, r0
+    cdef Py_ssize_t lo, hi, r0
     fr_split(m, 1, tid, nth, &lo, &hi)
     r0 = lo
     while r0 < hi:
         if fr_stop_poll(stop):
             return
-        step_gemm(packed, <int> min(<long> MERGED_BLOCK_ROWS, hi - r0), n, k, a + r0 * lda,
+        step_gemm(packed, <int> min(<Py_ssize_t> MERGED_BLOCK_ROWS, hi - r0), n, k, a + r0 * lda,
                   lda, False, w, ldw, accumulate, c + r0 * ldc, ldc)
         r0 += MERGED_BLOCK_ROWS
 

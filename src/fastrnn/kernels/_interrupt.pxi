@@ -35,17 +35,17 @@ cdef int _poll_signals() noexcept nogil:
 fr_signal_poll = _poll_signals
 
 
-cdef inline void _stop_begin(volatile long *stop):
+cdef inline void _stop_begin(volatile Py_ssize_t *stop):
     """Before a call's threads run: its stop word (an fr_stop_word's), and polling if this
     is the main thread."""
-    stop[0] = LONG_MAX
+    stop[0] = PTRDIFF_MAX
     fr_poll_begin(PyThread_get_thread_ident() == _main_thread)
 
 
-cdef int _stop_end(volatile long *stop) except -1:
+cdef int _stop_end(volatile Py_ssize_t *stop) except -1:
     """After they ran: raise the exception of the signal handler that stopped them."""
     fr_poll_begin(0)
-    if stop[0] == LONG_MAX:
+    if stop[0] == PTRDIFF_MAX:
         return 0
     if _stopped_by[0] == NULL:
         raise KeyboardInterrupt

@@ -35,34 +35,34 @@
  * element wrote a panel row apart per element, and took a share of a call at B = 1:
  * README, performance notes). trans == 0: W is stored (k x n). Threads that
  * split the GEMM by panels pack their own panels. */
-static void FR_ISA(fr_pack)(int trans, long n, long k, const float *w, long ldw,
-                            float *packed, long p0, long p1)
+static void FR_ISA(fr_pack)(int trans, ptrdiff_t n, ptrdiff_t k, const float *w, ptrdiff_t ldw,
+                            float *packed, ptrdiff_t p0, ptrdiff_t p1)
 {
-    long kN = k / FRV_N * FRV_N;
-    for (long p = p0; p < p1; p++) {
+    ptrdiff_t kN = k / FRV_N * FRV_N;
+    for (ptrdiff_t p = p0; p < p1; p++) {
         float *dst = packed + p * FRK_NR * k;
-        long ncols = n - p * FRK_NR < FRK_NR ? n - p * FRK_NR : FRK_NR;
+        ptrdiff_t ncols = n - p * FRK_NR < FRK_NR ? n - p * FRK_NR : FRK_NR;
         if (trans) {
-            long cN = ncols / FRV_N * FRV_N;
-            for (long kk = 0; kk < kN; kk += FRV_N)
-                for (long c = 0; c < cN; c += FRV_N)
+            ptrdiff_t cN = ncols / FRV_N * FRV_N;
+            for (ptrdiff_t kk = 0; kk < kN; kk += FRV_N)
+                for (ptrdiff_t c = 0; c < cN; c += FRV_N)
                     frv_transpose(w + (p * FRK_NR + c) * ldw + kk, ldw, dst + kk * FRK_NR + c,
                                   FRK_NR);
-            for (long c = 0; c < ncols; c++) {
+            for (ptrdiff_t c = 0; c < ncols; c++) {
                 const float *src = w + (p * FRK_NR + c) * ldw;
-                for (long kk = c < cN ? kN : 0; kk < k; kk++)
+                for (ptrdiff_t kk = c < cN ? kN : 0; kk < k; kk++)
                     dst[kk * FRK_NR + c] = src[kk];
             }
         } else {
             /* a row of W holds a row of the panel */
-            for (long kk = 0; kk < k; kk++) {
+            for (ptrdiff_t kk = 0; kk < k; kk++) {
                 const float *src = w + kk * ldw + p * FRK_NR;
-                for (long c = 0; c < ncols; c++)
+                for (ptrdiff_t c = 0; c < ncols; c++)
                     dst[kk * FRK_NR + c] = src[c];
             }
         }
-        for (long kk = 0; kk < k; kk++)
-            for (long c = ncols; c < FRK_NR; c++)
+        for (ptrdiff_t kk = 0; kk < k; kk++)
+            for (ptrdiff_t c = ncols; c < FRK_NR; c++)
                 dst[kk * FRK_NR + c] = 0.0f;
     }
 }
@@ -71,15 +71,15 @@ static void FR_ISA(fr_pack)(int trans, long n, long k, const float *w, long ldw,
  * panel, into C (stride ldc), writing ncols <= NR columns. MR and TA are compile-time
  * constants at every call site so the accumulators stay in registers. Meanwhile the
  * pf_n (<= k) cache lines from pf are fetched into L2, one a step of the k loop. */
-FRK void FR_ISA(fr_block)(const int MR, const int TA, long k, const float *a, long lda,
-                          const float *panel, float *c, long ldc, long ncols, int accumulate,
-                          const char *pf, long pf_n)
+FRK void FR_ISA(fr_block)(const int MR, const int TA, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                          const float *panel, float *c, ptrdiff_t ldc, ptrdiff_t ncols,
+                          int accumulate, const char *pf, ptrdiff_t pf_n)
 {
     frv acc[FRV_MR][FRV_NV];
     for (int i = 0; i < MR; i++)
         for (int v = 0; v < FRV_NV; v++)
             acc[i][v] = frv_zero();
-    for (long kk = 0; kk < k; kk++) {
+    for (ptrdiff_t kk = 0; kk < k; kk++) {
         const float *bp = panel + kk * FRK_NR;
         if (kk < pf_n)
             __builtin_prefetch(pf + kk * 64, 0, 2); /* into L2 */
@@ -93,7 +93,7 @@ FRK void FR_ISA(fr_block)(const int MR, const int TA, long k, const float *a, lo
         }
     }
     for (int v = 0; v < FRV_NV; v++) {
-        long left = ncols - FRV_N * v;
+        ptrdiff_t left = ncols - FRV_N * v;
         if (left <= 0)
             break;
         for (int i = 0; i < MR; i++) {
@@ -115,8 +115,8 @@ FRK void FR_ISA(fr_block)(const int MR, const int TA, long k, const float *a, lo
  * constants at each call. Every vector is stored through frv_store_n: a loop that
  * stopped at the last column kept the accumulators in memory, zeroed with a `rep stos`
  * on every call. */
-FRK void FR_ISA(fr_row)(const int CV, const int KS, long k, const float *a,
-                        const float *panel, long pstride, float *c, long ncols,
+FRK void FR_ISA(fr_row)(const int CV, const int KS, ptrdiff_t k, const float *a,
+                        const float *panel, ptrdiff_t pstride, float *c, ptrdiff_t ncols,
                         int accumulate)
 {
     /* two arrays: with one of 2 * CV, GCC kept them in memory */
@@ -126,7 +126,7 @@ FRK void FR_ISA(fr_row)(const int CV, const int KS, long k, const float *a,
         bp[v] = panel + (v / FRV_NV) * pstride + (v % FRV_NV) * FRV_N;
         even[v] = odd[v] = frv_zero();
     }
-    long kk = 0;
+    ptrdiff_t kk = 0;
     if (KS == 2) {
         for (; kk + 2 <= k; kk += 2) {
             frv a0 = frv_set1(a[kk]), a1 = frv_set1(a[kk + 1]);
@@ -142,7 +142,7 @@ FRK void FR_ISA(fr_row)(const int CV, const int KS, long k, const float *a,
             even[v] = frv_fma(a0, frv_load(bp[v] + kk * FRK_NR), even[v]);
     }
     for (int v = 0; v < CV; v++) {
-        long left = ncols - FRV_N * v;
+        ptrdiff_t left = ncols - FRV_N * v;
         frv r = KS == 2 ? frv_add(even[v], odd[v]) : even[v];
         if (accumulate)
             r = frv_add(r, frv_load_n(c + FRV_N * v, left));
@@ -153,18 +153,18 @@ FRK void FR_ISA(fr_row)(const int CV, const int KS, long k, const float *a,
 /* Panels [p, p_end) of C (m x n, row stride ldc) = A (m x k, row stride lda) @ op(W)
  * [+ C if accumulate], with op(W) packed by fr_pack; every panel streams once per
  * block of FRV_MR rows of A. */
-static void FR_ISA(fr_gemm_rows)(long m, long n, long k, const float *a, long lda,
-                                 const float *packed, float *c, long ldc, int accumulate,
-                                 long p, long p_end)
+static void FR_ISA(fr_gemm_rows)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                 ptrdiff_t lda, const float *packed, float *c, ptrdiff_t ldc,
+                                 int accumulate, ptrdiff_t p, ptrdiff_t p_end)
 {
     if (m == 1) {
-        long col = p * FRK_NR, end = p_end * FRK_NR < n ? p_end * FRK_NR : n;
-        long ps = FRK_NR * k;
+        ptrdiff_t col = p * FRK_NR, end = p_end * FRK_NR < n ? p_end * FRK_NR : n;
+        ptrdiff_t ps = FRK_NR * k;
         for (; end - col > 7 * FRV_N; col += 8 * FRV_N)
             FR_ISA(fr_row)(8, 1, k, a, packed + col * k, ps, c + col, end - col, accumulate);
         const float *pc = packed + col * k;
         float *cc = c + col;
-        long left = end - col;
+        ptrdiff_t left = end - col;
         switch ((left + FRV_N - 1) / FRV_N) {
         case 7: FR_ISA(fr_row)(7, 1, k, a, pc, ps, cc, left, accumulate); break;
         case 6: FR_ISA(fr_row)(6, 1, k, a, pc, ps, cc, left, accumulate); break;
@@ -181,28 +181,28 @@ static void FR_ISA(fr_gemm_rows)(long m, long n, long k, const float *a, long ld
      * 6 + 2): a block of one or two rows reads a panel line per few FMAs, more than
      * the L2 cache delivers, and ran the whole product slower (README, performance
      * notes). */
-    long nblocks = (m + FRV_MR - 1) / FRV_MR;
-    long base = nblocks > 0 ? m / nblocks : 0, bigger = nblocks > 0 ? m % nblocks : 0;
+    ptrdiff_t nblocks = (m + FRV_MR - 1) / FRV_MR;
+    ptrdiff_t base = nblocks > 0 ? m / nblocks : 0, bigger = nblocks > 0 ? m % nblocks : 0;
     /* The blocks of a panel fetch the next panel into L2, each its share (a line a k
      * step): a weight larger than the caches, streamed by both threads (LSTM at H=1024),
      * otherwise kept the first block of every panel waiting on memory. Only for panels
      * beyond the L2 cache (FR_PREFETCH_BYTES), and only panels of at most a quarter of
      * L2 (k <= 1024), that the fetched one does not push out of it. */
-    long pf_lines = FRK_NR * k / 16, pf_share = (pf_lines + nblocks - 1) / nblocks;
+    ptrdiff_t pf_lines = FRK_NR * k / 16, pf_share = (pf_lines + nblocks - 1) / nblocks;
     int prefetch = nblocks > 1 && pf_share <= k /* else some lines would not be fetched */
                    && k <= 1024
-                   && (p_end - p) * FRK_NR * k * (long)sizeof(float) > FR_PREFETCH_BYTES;
+                   && (p_end - p) * FRK_NR * k * (ptrdiff_t)sizeof(float) > FR_PREFETCH_BYTES;
     for (; p < p_end; p++) {
         const float *panel = packed + p * FRK_NR * k;
-        long ncols = n - p * FRK_NR < FRK_NR ? n - p * FRK_NR : FRK_NR;
+        ptrdiff_t ncols = n - p * FRK_NR < FRK_NR ? n - p * FRK_NR : FRK_NR;
         float *cp = c + p * FRK_NR;
-        long i = 0;
+        ptrdiff_t i = 0;
         const char *next = prefetch && p + 1 < p_end ? (const char *)(panel + FRK_NR * k) : NULL;
-        for (long blk = 0; blk < nblocks; blk++) {
-            long rows = base + (blk < bigger);
+        for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
+            ptrdiff_t rows = base + (blk < bigger);
             const float *ap = a + i * lda;
             float *cb = cp + i * ldc;
-            long pf_at = blk * pf_share, pf_n = 0;
+            ptrdiff_t pf_at = blk * pf_share, pf_n = 0;
             if (next && pf_at < pf_lines)
                 pf_n = pf_lines - pf_at < pf_share ? pf_lines - pf_at : pf_share;
             const char *pf = next ? next + pf_at * 64 : NULL;
@@ -225,14 +225,14 @@ static void FR_ISA(fr_gemm_rows)(long m, long n, long k, const float *a, long ld
 /* fr_gemm_rows over blocks of rows that stay in the L2 cache (about 1 MB of A) while all
  * panels pass: a long A (the input projection of a whole sequence) is then read from
  * memory once, not once per panel. */
-static void FR_ISA(fr_gemm)(long m, long n, long k, const float *a, long lda,
-                            const float *packed, float *c, long ldc, int accumulate, long p,
-                            long p_end)
+static void FR_ISA(fr_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                            const float *packed, float *c, ptrdiff_t ldc, int accumulate,
+                            ptrdiff_t p, ptrdiff_t p_end)
 {
-    long rows = (FR_A_BLOCK_FLOATS / (k > 0 ? k : 1)) / FRV_MR * FRV_MR;
+    ptrdiff_t rows = (FR_A_BLOCK_FLOATS / (k > 0 ? k : 1)) / FRV_MR * FRV_MR;
     if (rows < FRV_MR)
         rows = FRV_MR;
-    for (long i = 0; i < m; i += rows)
+    for (ptrdiff_t i = 0; i < m; i += rows)
         FR_ISA(fr_gemm_rows)(m - i < rows ? m - i : rows, n, k, a + i * lda, lda, packed,
                              c + i * ldc, ldc, accumulate, p, p_end);
 }
@@ -242,30 +242,30 @@ static void FR_ISA(fr_gemm)(long m, long n, long k, const float *a, long lda,
  * of the batch. K is taken in blocks of FR_KC rows: each block of B is packed into
  * panels (bpack: fr_packed_size(n, FR_KC) floats), and every block of FRV_MR columns of
  * A multiplies each panel, read in place. */
-static void FR_ISA(fr_gemm_tn)(long m, long n, long K, const float *a, long lda,
-                               const float *b, long ldb, float *c, long ldc, int accumulate,
-                               float *bpack)
+static void FR_ISA(fr_gemm_tn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *a, ptrdiff_t lda,
+                               const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                               int accumulate, float *bpack)
 {
     if (K <= 0 && !accumulate) {
-        for (long i = 0; i < m; i++)
-            for (long j = 0; j < n; j++)
+        for (ptrdiff_t i = 0; i < m; i++)
+            for (ptrdiff_t j = 0; j < n; j++)
                 c[i * ldc + j] = 0.0f;
         return;
     }
-    long panels = (n + FRK_NR - 1) / FRK_NR;
-    for (long k0 = 0; k0 < K; k0 += FR_KC) {
-        long kc = K - k0 < FR_KC ? K - k0 : FR_KC;
+    ptrdiff_t panels = (n + FRK_NR - 1) / FRK_NR;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += FR_KC) {
+        ptrdiff_t kc = K - k0 < FR_KC ? K - k0 : FR_KC;
         int acc = accumulate || k0 > 0;
         const float *ak = a + k0 * lda;
         FR_ISA(fr_pack)(0, n, kc, b + k0 * ldb, ldb, bpack, 0, panels);
         /* columns of A in blocks that stay in cache (FR_KC x FR_TN_MB: 384 KB) while
          * every panel passes */
-        for (long i0 = 0; i0 < m; i0 += FR_TN_MB)
-            for (long p = 0; p < panels; p++) {
+        for (ptrdiff_t i0 = 0; i0 < m; i0 += FR_TN_MB)
+            for (ptrdiff_t p = 0; p < panels; p++) {
                 const float *panel = bpack + p * FRK_NR * kc;
-                long ncols = n - p * FRK_NR < FRK_NR ? n - p * FRK_NR : FRK_NR;
+                ptrdiff_t ncols = n - p * FRK_NR < FRK_NR ? n - p * FRK_NR : FRK_NR;
                 float *cp = c + p * FRK_NR;
-                long i = i0, m_end = m - i0 < FR_TN_MB ? m : i0 + FR_TN_MB;
+                ptrdiff_t i = i0, m_end = m - i0 < FR_TN_MB ? m : i0 + FR_TN_MB;
 /* a block of MR columns of A, read transposed, times the panel (no prefetch) */
 #define FR_TN_BLOCK(MR) \
     FR_ISA(fr_block)(MR, 1, kc, ak + i, lda, panel, cp + i * ldc, ldc, ncols, acc, NULL, 0)
@@ -295,14 +295,15 @@ static void FR_ISA(fr_gemm_tn)(long m, long n, long K, const float *a, long lda,
  * read from memory once a call, whatever m. Every output sums its k products in the
  * same order whatever m, the block it falls in and [j0, j1): threads that share the rows
  * of W compute the same bits as one thread. */
-FRK void FR_ISA(fr_few_block)(const int MB, const int R, long k, const float *a, long lda,
-                              const float *w, long ldw, float *c, long ldc, int accumulate)
+FRK void FR_ISA(fr_few_block)(const int MB, const int R, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                              const float *w, ptrdiff_t ldw, float *c, ptrdiff_t ldc,
+                              int accumulate)
 {
     frv acc[FRV_FEW_MR][8];
     for (int i = 0; i < MB; i++)
         for (int r = 0; r < R; r++)
             acc[i][r] = frv_zero();
-    long kk = 0;
+    ptrdiff_t kk = 0;
     for (; kk + FRV_N <= k; kk += FRV_N) {
         frv wr[8];
         for (int r = 0; r < R; r++)
@@ -331,29 +332,33 @@ FRK void FR_ISA(fr_few_block)(const int MB, const int R, long k, const float *a,
 }
 
 /* R rows of W (j .. j + R) against every row of A, FRV_FEW_MR at a time */
-FRK void FR_ISA(fr_few_rows)(const int R, long m, long k, const float *a, long lda,
-                             const float *w, long ldw, float *c, long ldc, int accumulate)
+FRK void FR_ISA(fr_few_rows)(const int R, ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                             const float *w, ptrdiff_t ldw, float *c, ptrdiff_t ldc, int accumulate)
 {
-    long i = 0;
+    ptrdiff_t i = 0;
     for (; i + FRV_FEW_MR <= m; i += FRV_FEW_MR)
         FR_ISA(fr_few_block)(FRV_FEW_MR, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc,
                              accumulate);
     switch (m - i) {
 #if FRV_FEW_MR > 3
-    case 3: FR_ISA(fr_few_block)(3, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+    case 3: FR_ISA(fr_few_block)(3, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc,
+                                 accumulate); break;
 #endif
 #if FRV_FEW_MR > 2
-    case 2: FR_ISA(fr_few_block)(2, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+    case 2: FR_ISA(fr_few_block)(2, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc,
+                                 accumulate); break;
 #endif
-    case 1: FR_ISA(fr_few_block)(1, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate); break;
+    case 1: FR_ISA(fr_few_block)(1, R, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc,
+                                 accumulate); break;
     default: break;
     }
 }
 
-static void FR_ISA(fr_few)(long m, long k, const float *a, long lda, const float *w, long ldw,
-                           float *c, long ldc, int accumulate, long j0, long j1)
+static void FR_ISA(fr_few)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *w,
+                           ptrdiff_t ldw, float *c, ptrdiff_t ldc, int accumulate, ptrdiff_t j0,
+                           ptrdiff_t j1)
 {
-    long j = j0;
+    ptrdiff_t j = j0;
     if (m == 1) {
         /* one row of A: 8 rows of W at once, so that 8 independent sums cover the FMA
          * latency */
@@ -377,15 +382,16 @@ static void FR_ISA(fr_few)(long m, long k, const float *a, long lda, const float
  * row), the rows of C staying in L1 while W streams, FRV_FEW_MR rows of A at a time
  * over the same rows of W (still in L1). Every output sums its k products in the order
  * of k, whatever m and [j0, j1). */
-FRK void FR_ISA(fr_few_nn_block)(const int MB, const int KB, long n, const float *a, long lda,
-                                 const float *w, long ldw, float *c, long ldc)
+FRK void FR_ISA(fr_few_nn_block)(const int MB, const int KB, ptrdiff_t n, const float *a,
+                                 ptrdiff_t lda, const float *w, ptrdiff_t ldw, float *c,
+                                 ptrdiff_t ldc)
 {
     frv av[FRV_FEW_MR][4];
     for (int i = 0; i < MB; i++)
         for (int r = 0; r < KB; r++)
             av[i][r] = frv_set1(a[i * lda + r]);
-    for (long j = 0; j < n; j += FRV_N) {
-        long left = n - j;
+    for (ptrdiff_t j = 0; j < n; j += FRV_N) {
+        ptrdiff_t left = n - j;
         frv wv[4];
         for (int r = 0; r < KB; r++)
             wv[r] = frv_load_n(w + r * ldw + j, left);
@@ -398,10 +404,11 @@ FRK void FR_ISA(fr_few_nn_block)(const int MB, const int KB, long n, const float
     }
 }
 
-FRK void FR_ISA(fr_few_nn_rows)(const int KB, long m, long n, const float *a, long lda,
-                                const float *w, long ldw, float *c, long ldc)
+FRK void FR_ISA(fr_few_nn_rows)(const int KB, ptrdiff_t m, ptrdiff_t n, const float *a,
+                                ptrdiff_t lda, const float *w, ptrdiff_t ldw, float *c,
+                                ptrdiff_t ldc)
 {
-    long i = 0;
+    ptrdiff_t i = 0;
     for (; i + FRV_FEW_MR <= m; i += FRV_FEW_MR)
         FR_ISA(fr_few_nn_block)(FRV_FEW_MR, KB, n, a + i * lda, lda, w, ldw, c + i * ldc, ldc);
     switch (m - i) {
@@ -416,18 +423,19 @@ FRK void FR_ISA(fr_few_nn_rows)(const int KB, long m, long n, const float *a, lo
     }
 }
 
-static void FR_ISA(fr_few_nn)(long m, long k, const float *a, long lda, const float *w,
-                              long ldw, float *c, long ldc, int accumulate, long j0, long j1)
+static void FR_ISA(fr_few_nn)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                              const float *w, ptrdiff_t ldw, float *c, ptrdiff_t ldc,
+                              int accumulate, ptrdiff_t j0, ptrdiff_t j1)
 {
-    long n = j1 - j0;
+    ptrdiff_t n = j1 - j0;
     if (n <= 0)
         return;
     w += j0;
     c += j0;
     if (!accumulate)
-        for (long i = 0; i < m; i++)
+        for (ptrdiff_t i = 0; i < m; i++)
             memset(c + i * ldc, 0, (size_t)n * sizeof(float));
-    long kk = 0;
+    ptrdiff_t kk = 0;
     for (; kk + 4 <= k; kk += 4)
         FR_ISA(fr_few_nn_rows)(4, m, n, a + kk, lda, w + kk * ldw, ldw, c, ldc);
     switch (k - kk) {
@@ -506,10 +514,10 @@ FRK frv FR_ISA(fr_vsigmoid)(frv x)
  * recurrent one; the activations go to ar when it is not NULL (training; it may be ain),
  * the new state to o (and c, and cs when not NULL, for LSTM). In inference (ar NULL)
  * they save no activations, whose stores are about a third of a cell's memory traffic. */
-FRK void FR_ISA(fr_vrnn_row)(int relu, long n, const float *ain, const float *gh,
+FRK void FR_ISA(fr_vrnn_row)(int relu, ptrdiff_t n, const float *ain, const float *gh,
                              const float *bias, float *o)
 {
-    for (long j = 0; j < n; j += FRV_N) {
+    for (ptrdiff_t j = 0; j < n; j += FRV_N) {
         frv u = frv_add(frv_add(FR_LD(ain, j), FR_LD(gh, j)), FR_LD(bias, j));
         /* relu: u < 0 is false for NaN, which stays NaN as in torch */
         u = relu ? frv_select_lt(u, frv_zero(), frv_zero(), u) : FR_ISA(fr_vtanh)(u);
@@ -517,10 +525,10 @@ FRK void FR_ISA(fr_vrnn_row)(int relu, long n, const float *ain, const float *gh
     }
 }
 
-FRK void FR_ISA(fr_vlstm_row)(long H, long n, const float *ain, const float *gh,
+FRK void FR_ISA(fr_vlstm_row)(ptrdiff_t H, ptrdiff_t n, const float *ain, const float *gh,
                               const float *bias, float *ar, float *c, float *cs, float *o)
 {
-    for (long j = 0; j < n; j += FRV_N) {
+    for (ptrdiff_t j = 0; j < n; j += FRV_N) {
         frv i = FR_ISA(fr_vsigmoid)(FR_PRE(0)), f = FR_ISA(fr_vsigmoid)(FR_PRE(1));
         frv g = FR_ISA(fr_vtanh)(FR_PRE(2)), og = FR_ISA(fr_vsigmoid)(FR_PRE(3));
         frv cn = frv_fma(f, FR_LD(c, j), frv_mul(i, g));
@@ -539,11 +547,11 @@ FRK void FR_ISA(fr_vlstm_row)(long H, long n, const float *ain, const float *gh,
 
 /* GRU with the reset gate after W_hn: gh's n block is W_hn h (b_hn in bhn), bias's n
  * block b_in only; hp is h_{t-1}. */
-FRK void FR_ISA(fr_vgru_row)(long H, long n, const float *ain, const float *gh,
+FRK void FR_ISA(fr_vgru_row)(ptrdiff_t H, ptrdiff_t n, const float *ain, const float *gh,
                              const float *bias, const float *bhn, const float *hp, float *ar,
                              float *o)
 {
-    for (long j = 0; j < n; j += FRV_N) {
+    for (ptrdiff_t j = 0; j < n; j += FRV_N) {
         frv r = FR_ISA(fr_vsigmoid)(FR_PRE(0)), z = FR_ISA(fr_vsigmoid)(FR_PRE(1));
         frv hn = frv_add(FR_LD(gh, 2 * H + j), FR_LD(bhn, j));
         frv nn = FR_ISA(fr_vtanh)(
@@ -565,19 +573,19 @@ FRK void FR_ISA(fr_vgru_row)(long H, long n, const float *ain, const float *gh,
 
 /* The cells as functions, for the other loops of _kernels.pyx (so that every float32
  * loop computes the same bits). */
-static void FR_ISA(fr_rnn_row)(int relu, long n, const float *a, const float *gh,
+static void FR_ISA(fr_rnn_row)(int relu, ptrdiff_t n, const float *a, const float *gh,
                                const float *bias, float *o)
 {
     FR_ISA(fr_vrnn_row)(relu, n, a, gh, bias, o);
 }
 
-static void FR_ISA(fr_lstm_row)(long H, long n, const float *a, const float *gh,
+static void FR_ISA(fr_lstm_row)(ptrdiff_t H, ptrdiff_t n, const float *a, const float *gh,
                                 const float *bias, float *ar, float *c, float *cs, float *o)
 {
     FR_ISA(fr_vlstm_row)(H, n, a, gh, bias, ar, c, cs, o);
 }
 
-static void FR_ISA(fr_gru_row)(long H, long n, const float *a, const float *gh,
+static void FR_ISA(fr_gru_row)(ptrdiff_t H, ptrdiff_t n, const float *a, const float *gh,
                                const float *bias, const float *bhn, const float *hp,
                                float *ar, float *o)
 {
@@ -607,29 +615,29 @@ static void FR_ISA(fr_gru_row)(long H, long n, const float *a, const float *gh,
  * has done the next chunk's steps, then projects their rows with pk_ih into a.
  *
  * stop (or NULL): the call's stop word (_stop.h); the loop ends early once it is set. */
-static void FR_ISA(fr_seq1_forward)(int mode, long T, long H, int reverse, const float *pk,
-                                    float *a, long SH, const float *bias, const float *bhn,
-                                    float *h, float *c, float *out, float *cs, float *gh,
-                                    const float *x, long nin, const float *pk_ih, float *gx,
-                                    int *progress, int *wait_on, int *sleepers, long chunk,
-                                    volatile long *stop)
+static void FR_ISA(fr_seq1_forward)(int mode, ptrdiff_t T, ptrdiff_t H, int reverse,
+                                    const float *pk, float *a, ptrdiff_t SH, const float *bias,
+                                    const float *bhn, float *h, float *c, float *out, float *cs,
+                                    float *gh, const float *x, ptrdiff_t nin, const float *pk_ih,
+                                    float *gx, int *progress, int *wait_on, int *sleepers,
+                                    ptrdiff_t chunk, volatile ptrdiff_t *stop)
 {
-    long G = mode == 2 ? 4 : mode == 3 ? 3 : 1, GH = G * H;
-    long panels = (GH + FRK_NR - 1) / FRK_NR;
+    ptrdiff_t G = mode == 2 ? 4 : mode == 3 ? 3 : 1, GH = G * H;
+    ptrdiff_t panels = (GH + FRK_NR - 1) / FRK_NR;
     const float *hp = h; /* h_{t-1}: the previous output row, h0 at first */
     float *gnext = gx;
     int fuse = pk_ih && !wait_on;
     if (fuse && T > 0)
         FR_ISA(fr_gemm_rows)(1, GH, nin, x + (reverse ? T - 1 : 0) * nin, nin, pk_ih, gnext,
                              GH, 0, 0, panels);
-    for (long s = 0; s < T; s++) {
+    for (ptrdiff_t s = 0; s < T; s++) {
         if (fr_stop_before(stop, s, 0))
             break;
-        long t = reverse ? T - 1 - s : s;
+        ptrdiff_t t = reverse ? T - 1 - s : s;
         float *o = out + t * H, *ar;
         const float *ain;
         if (wait_on && s % chunk == 0) {
-            long end = s + chunk < T ? s + chunk : T;
+            ptrdiff_t end = s + chunk < T ? s + chunk : T;
             fr_wait_at_least(wait_on, (int)end, sleepers);
             FR_ISA(fr_gemm_rows)(end - s, GH, nin, x + s * nin, nin, pk_ih, a + s * SH, SH, 0,
                                  0, panels);
@@ -661,13 +669,13 @@ static void FR_ISA(fr_seq1_forward)(int mode, long T, long H, int reverse, const
 
 /* iters rounds of FRV_CHAINS independent FMA chains (2 * FRV_N * FRV_CHAINS flops a
  * round): the FMA peak of this ISA on one thread, when the chains cover the latency. */
-static float FR_ISA(fr_fma_chains)(long iters)
+static float FR_ISA(fr_fma_chains)(ptrdiff_t iters)
 {
     frv acc[FRV_CHAINS];
     frv mul = frv_set1(0.999999f), add = frv_set1(1e-7f);
     for (int i = 0; i < FRV_CHAINS; i++)
         acc[i] = frv_set1(1.0f + (float)i);
-    for (long it = 0; it < iters; it++)
+    for (ptrdiff_t it = 0; it < iters; it++)
         for (int i = 0; i < FRV_CHAINS; i++)
             acc[i] = frv_fma(acc[i], mul, add);
     float lanes[FRV_N], sum = 0.0f;

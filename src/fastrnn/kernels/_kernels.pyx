@@ -40,7 +40,7 @@ from libc.stdlib cimport calloc, free, malloc
 from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext,
                                PyCapsule_GetPointer, PyCapsule_New, PyCapsule_SetContext)
 from libc.string cimport memcpy, memset
-from libc.limits cimport LONG_MAX
+from libc.stdint cimport PTRDIFF_MAX
 from cpython.exc cimport PyErr_Clear, PyErr_Fetch, PyErr_Restore
 from cpython.ref cimport PyObject
 from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
@@ -286,11 +286,11 @@ cdef inline bint _bwd_calls_blas(const BwdLoop *L):
 
 cdef int _fwd_run(floating kind, FwdLoop *L) except -1:
     """Plan a prepared forward for the threads it takes alone, and run it."""
-    cdef long slept = fr_slept_waits
+    cdef Py_ssize_t slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
     cdef fr_stop_word stop_word
-    cdef volatile long *stop = &stop_word.word
+    cdef volatile Py_ssize_t *stop = &stop_word.word
     try:
         if L.few:
             nth = _begin_few(L.GH * (L.inputs + L.Hout), L.N, &held)
@@ -453,11 +453,11 @@ cdef void _bwd_release(BwdLoop *L):
 
 cdef int _bwd_run(floating kind, BwdLoop *L) except -1:
     """Plan a prepared backward for the threads it takes alone, and run it."""
-    cdef long slept = fr_slept_waits
+    cdef Py_ssize_t slept = fr_slept_waits
     cdef int held = 0, nth
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
     cdef fr_stop_word stop_word
-    cdef volatile long *stop = &stop_word.word
+    cdef volatile Py_ssize_t *stop = &stop_word.word
     try:
         # (a call of few rows too: with the forward's _begin_few, whose workers woken for
         # a backward spin about as long as it runs, backward calls at H = 256 on a busy

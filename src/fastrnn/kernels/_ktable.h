@@ -38,32 +38,35 @@
 
 typedef struct {
     const char *name;
-    long nr;          /* panel width: columns of a packed panel */
-    long mr;          /* rows of a register block */
-    long lanes;       /* floats a vector */
-    long chain_flops; /* flops of one round of fma_chains */
-    void (*pack)(int trans, long n, long k, const float *w, long ldw, float *packed, long p0,
-                 long p1);
-    void (*gemm)(long m, long n, long k, const float *a, long lda, const float *packed,
-                 float *c, long ldc, int accumulate, long p0, long p1);
-    void (*gemm_tn)(long m, long n, long K, const float *a, long lda, const float *b, long ldb,
-                    float *c, long ldc, int accumulate, float *bpack);
-    void (*few)(long m, long k, const float *a, long lda, const float *w, long ldw, float *c,
-                long ldc, int accumulate, long j0, long j1);
-    void (*few_nn)(long m, long k, const float *a, long lda, const float *w, long ldw,
-                   float *c, long ldc, int accumulate, long j0, long j1);
-    void (*rnn_row)(int relu, long n, const float *a, const float *gh, const float *bias,
+    ptrdiff_t nr;          /* panel width: columns of a packed panel */
+    ptrdiff_t mr;          /* rows of a register block */
+    ptrdiff_t lanes;       /* floats a vector */
+    ptrdiff_t chain_flops; /* flops of one round of fma_chains */
+    void (*pack)(int trans, ptrdiff_t n, ptrdiff_t k, const float *w, ptrdiff_t ldw, float *packed,
+                 ptrdiff_t p0, ptrdiff_t p1);
+    void (*gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                 const float *packed, float *c, ptrdiff_t ldc, int accumulate, ptrdiff_t p0,
+                 ptrdiff_t p1);
+    void (*gemm_tn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *a, ptrdiff_t lda,
+                    const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate,
+                    float *bpack);
+    void (*few)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *w,
+                ptrdiff_t ldw, float *c, ptrdiff_t ldc, int accumulate, ptrdiff_t j0, ptrdiff_t j1);
+    void (*few_nn)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *w,
+                   ptrdiff_t ldw, float *c, ptrdiff_t ldc, int accumulate, ptrdiff_t j0,
+                   ptrdiff_t j1);
+    void (*rnn_row)(int relu, ptrdiff_t n, const float *a, const float *gh, const float *bias,
                     float *o);
-    void (*lstm_row)(long H, long n, const float *a, const float *gh, const float *bias,
+    void (*lstm_row)(ptrdiff_t H, ptrdiff_t n, const float *a, const float *gh, const float *bias,
                      float *ar, float *c, float *cs, float *o);
-    void (*gru_row)(long H, long n, const float *a, const float *gh, const float *bias,
+    void (*gru_row)(ptrdiff_t H, ptrdiff_t n, const float *a, const float *gh, const float *bias,
                     const float *bhn, const float *hp, float *ar, float *o);
-    void (*seq1_forward)(int mode, long T, long H, int reverse, const float *pk, float *a,
-                         long SH, const float *bias, const float *bhn, float *h, float *c,
-                         float *out, float *cs, float *gh, const float *x, long nin,
+    void (*seq1_forward)(int mode, ptrdiff_t T, ptrdiff_t H, int reverse, const float *pk, float *a,
+                         ptrdiff_t SH, const float *bias, const float *bhn, float *h, float *c,
+                         float *out, float *cs, float *gh, const float *x, ptrdiff_t nin,
                          const float *pk_ih, float *gx, int *progress, int *wait_on,
-                         int *sleepers, long chunk, volatile long *stop);
-    float (*fma_chains)(long iters);
+                         int *sleepers, ptrdiff_t chunk, volatile ptrdiff_t *stop);
+    float (*fma_chains)(ptrdiff_t iters);
     const fr_rows_f_t *rows_f; /* the rows of _cellmath_rows.h, this ISA's build */
     const fr_rows_d_t *rows_d;
 } fr_ktable;
@@ -171,65 +174,68 @@ static int fr_kt_use(int level)
 }
 
 /* The interface the loops call: the table's kernels and sizes. */
-static inline long fr_panel_width(void) { return fr_kt.nr; }
-static inline long fr_panels(long n) { return (n + fr_kt.nr - 1) / fr_kt.nr; }
+static inline ptrdiff_t fr_panel_width(void) { return fr_kt.nr; }
+static inline ptrdiff_t fr_panels(ptrdiff_t n) { return (n + fr_kt.nr - 1) / fr_kt.nr; }
 /* floats needed to pack a weight with n output columns and k rows */
-static inline size_t fr_packed_size(long n, long k)
+static inline size_t fr_packed_size(ptrdiff_t n, ptrdiff_t k)
 {
     return (size_t)fr_panels(n) * (size_t)fr_kt.nr * (size_t)k;
 }
-static inline void fr_pack_panels(int trans, long n, long k, const float *w, long ldw,
-                                  float *packed, long p0, long p1)
+static inline void fr_pack_panels(int trans, ptrdiff_t n, ptrdiff_t k, const float *w,
+                                  ptrdiff_t ldw, float *packed, ptrdiff_t p0, ptrdiff_t p1)
 {
     fr_kt.pack(trans, n, k, w, ldw, packed, p0, p1);
 }
-static inline void fr_gemm_panels(long m, long n, long k, const float *a, long lda,
-                                  const float *packed, float *c, long ldc, int accumulate,
-                                  long p0, long p1)
+static inline void fr_gemm_panels(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                  ptrdiff_t lda, const float *packed, float *c, ptrdiff_t ldc,
+                                  int accumulate, ptrdiff_t p0, ptrdiff_t p1)
 {
     fr_kt.gemm(m, n, k, a, lda, packed, c, ldc, accumulate, p0, p1);
 }
-static inline void fr_gemm_tn(long m, long n, long K, const float *a, long lda, const float *b,
-                              long ldb, float *c, long ldc, int accumulate, float *bpack)
+static inline void fr_gemm_tn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t K, const float *a, ptrdiff_t lda,
+                              const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                              int accumulate, float *bpack)
 {
     fr_kt.gemm_tn(m, n, K, a, lda, b, ldb, c, ldc, accumulate, bpack);
 }
 /* C[:, j0:j1) = A (m x k) @ W^T [+ C], W (n x k, row stride ldw) read in place: the
  * products of calls of few rows (_kern_body.h) */
-static inline void fr_few(long m, long k, const float *a, long lda, const float *w, long ldw,
-                          float *c, long ldc, int accumulate, long j0, long j1)
+static inline void fr_few(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *w,
+                          ptrdiff_t ldw, float *c, ptrdiff_t ldc, int accumulate, ptrdiff_t j0,
+                          ptrdiff_t j1)
 {
     fr_kt.few(m, k, a, lda, w, ldw, c, ldc, accumulate, j0, j1);
 }
 /* C[:, j0:j1) = A (m x k) @ W[:, j0:j1) [+ C], W (k x n, row stride ldw) read in place:
  * the backward's products of calls of few rows */
-static inline void fr_few_nn(long m, long k, const float *a, long lda, const float *w,
-                             long ldw, float *c, long ldc, int accumulate, long j0, long j1)
+static inline void fr_few_nn(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                             const float *w, ptrdiff_t ldw, float *c, ptrdiff_t ldc, int accumulate,
+                             ptrdiff_t j0, ptrdiff_t j1)
 {
     fr_kt.few_nn(m, k, a, lda, w, ldw, c, ldc, accumulate, j0, j1);
 }
-static inline void fr_rnn_row_v(int relu, long n, const float *a, const float *gh,
+static inline void fr_rnn_row_v(int relu, ptrdiff_t n, const float *a, const float *gh,
                                 const float *bias, float *o)
 {
     fr_kt.rnn_row(relu, n, a, gh, bias, o);
 }
-static inline void fr_lstm_row_v(long H, long n, const float *a, const float *gh,
+static inline void fr_lstm_row_v(ptrdiff_t H, ptrdiff_t n, const float *a, const float *gh,
                                  const float *bias, float *ar, float *c, float *cs, float *o)
 {
     fr_kt.lstm_row(H, n, a, gh, bias, ar, c, cs, o);
 }
-static inline void fr_gru_row_v(long H, long n, const float *a, const float *gh,
+static inline void fr_gru_row_v(ptrdiff_t H, ptrdiff_t n, const float *a, const float *gh,
                                 const float *bias, const float *bhn, const float *hp, float *ar,
                                 float *o)
 {
     fr_kt.gru_row(H, n, a, gh, bias, bhn, hp, ar, o);
 }
-static inline void fr_seq1_forward(int mode, long T, long H, int reverse, const float *pk,
-                                   float *a, long SH, const float *bias, const float *bhn,
+static inline void fr_seq1_forward(int mode, ptrdiff_t T, ptrdiff_t H, int reverse, const float *pk,
+                                   float *a, ptrdiff_t SH, const float *bias, const float *bhn,
                                    float *h, float *c, float *out, float *cs, float *gh,
-                                   const float *x, long nin, const float *pk_ih, float *gx,
-                                   int *progress, int *wait_on, int *sleepers, long chunk,
-                                   volatile long *stop)
+                                   const float *x, ptrdiff_t nin, const float *pk_ih, float *gx,
+                                   int *progress, int *wait_on, int *sleepers, ptrdiff_t chunk,
+                                   volatile ptrdiff_t *stop)
 {
     fr_kt.seq1_forward(mode, T, H, reverse, pk, a, SH, bias, bhn, h, c, out, cs, gh, x, nin,
                        pk_ih, gx, progress, wait_on, sleepers, chunk, stop);

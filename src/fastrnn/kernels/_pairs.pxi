@@ -74,10 +74,10 @@ cdef object _forward_both(floating kind, Cell cell, bint training, x,
     memset(&A, 0, sizeof(A))
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
-    cdef long blas_before
+    cdef Py_ssize_t blas_before
     cdef fr_task_fn task = forward_task_f if floating is float else forward_task_d
     cdef fr_stop_word stop_word
-    cdef volatile long *stop = &stop_word.word
+    cdef volatile Py_ssize_t *stop = &stop_word.word
     _last_paired = False
     wi, wh, bi, bh, wr, h0, c0 = fwd
     try:
@@ -149,10 +149,10 @@ cdef object _backward_both(floating kind, Cell cell, x, batch_sizes,
     memset(&A, 0, sizeof(A))
     memset(&R, 0, sizeof(R))
     cdef int held = 0, nth = 1
-    cdef long blas_before
+    cdef Py_ssize_t blas_before
     cdef fr_task_fn task = backward_task_f if floating is float else backward_task_d
     cdef fr_stop_word stop_word
-    cdef volatile long *stop = &stop_word.word
+    cdef volatile Py_ssize_t *stop = &stop_word.word
     _last_paired = False
     h0, c0, wi, wh, wr, out, gates, cs, ms, dout, dh_n, dc_n, dh_seq = fwd
     try:
@@ -269,7 +269,7 @@ cdef object _forward_stack(floating kind, Cell cell, x, batch_sizes,
     cdef int held = 0, nth = 1
     cdef bint worth = True, calls_blas = False
     cdef fr_stop_word stop_word
-    cdef volatile long *stop = &stop_word.word
+    cdef volatile Py_ssize_t *stop = &stop_word.word
     cdef fr_task_fn task = forward_stack_f if floating is float else forward_stack_d
     if Ls == NULL or counters == NULL:
         free(Ls)

@@ -152,17 +152,17 @@ def log_calls():
         _call_log = None
 
 
-cdef inline void _log_call(int nth, int held, long blas_calls_before, bint one_each):
+cdef inline void _log_call(int nth, int held, Py_ssize_t blas_calls_before, bint one_each):
     if _call_log is not None:
         _call_log.append((nth, bool(held & FR_HELD_BLAS), fr_blas_calls - blas_calls_before,
                           one_each))
 
 
-cdef int _run_task(fr_task_fn task, void *ctx, int nth, int held, volatile long *stop,
+cdef int _run_task(fr_task_fn task, void *ctx, int nth, int held, volatile Py_ssize_t *stop,
                    bint one_each) except -1:
     """Run a planned call's task on nth threads of the pool (GIL released), stoppable by
     Ctrl-C (_interrupt.pxi), and log it (log_calls)."""
-    cdef long blas_before = fr_blas_calls
+    cdef Py_ssize_t blas_before = fr_blas_calls
     _stop_begin(stop)
     with nogil:
         fr_pool_run(task, ctx, nth)
@@ -171,7 +171,7 @@ cdef int _run_task(fr_task_fn task, void *ctx, int nth, int held, volatile long 
     return 0
 
 
-cdef long _warm_spins(Py_ssize_t work):
+cdef Py_ssize_t _warm_spins(Py_ssize_t work):
     """The warm_spins of fr_pool_begin for a call of `work` multiply-adds that takes
     threads only while the workers are awake (B1_WARM_ONLY, below B1_WARM_WORK), else 0."""
     if not B1_WARM_ONLY or work >= B1_WARM_WORK:
@@ -293,8 +293,9 @@ cdef int _begin_few(Py_ssize_t weights, Py_ssize_t rows, int *held):
     threads from FEW_THREAD_WEIGHTS, but only while the workers are awake; else the call
     runs on one thread and wakes them to spin for about twice its time (_few_spins: the
     weights read at about 25 GB/s, a pause loop 30 ns; as B1_WARM_ONLY says), so that the
-    next call finds them awake and takes two. A spin reckoned from multiply-adds (_warm_spins) ended before such a call did, and
-    calls at H = 512 alternated between one thread and two. Its threads meet at every
+    next call finds them awake and takes two. A spin reckoned from multiply-adds
+    (_warm_spins) ended before such a call did, and calls at H = 512 alternated between
+    one thread and two. Its threads meet at every
     step, as the units split's: they take one thread while that is paused, and a call
     of few rows in which a wait slept at all counts as a bad one (_note_split_waits:
     such a call is short, and its one or two waits only sleep when a thread lost its
@@ -305,7 +306,7 @@ cdef int _begin_few(Py_ssize_t weights, Py_ssize_t rows, int *held):
     return fr_pool_begin(FR_MAX_THREADS, _few_spins(weights, rows), held)
 
 
-cdef long _few_spins(Py_ssize_t weights, Py_ssize_t rows):
+cdef Py_ssize_t _few_spins(Py_ssize_t weights, Py_ssize_t rows):
     """The warm_spins of fr_pool_begin for calls of few rows that stream `weights` floats
     on one thread (as _begin_few), or 0 where B1_WARM_ONLY is off: up to 4 rows a call
     is bound by memory, beyond that by its multiply-adds (16 rows at H = 512 took about
@@ -368,7 +369,7 @@ def _split_slept_allowed(Py_ssize_t steps):
     return max(SPLIT_SLEPT_MIN, SPLIT_SLEPT_PER_STEP * steps)
 
 
-def _note_split_waits(long slept, allowed):
+def _note_split_waits(Py_ssize_t slept, allowed):
     """Count a call whose threads split the units and slept `slept` waits in its steps:
     more than `allowed` makes it a bad call."""
     global _split_paused_until, _split_bad_since, _split_bad_calls

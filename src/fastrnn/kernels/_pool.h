@@ -47,7 +47,7 @@ static struct {
     int started; /* workers created: threads 1 .. started */
     unsigned gen; /* bumped for each task */
     unsigned nudge; /* bumped to wake the workers without a task (fr_pool_nudge) */
-    long nudge_spins; /* how long a nudged worker spins */
+    ptrdiff_t nudge_spins; /* how long a nudged worker spins */
     int asleep; /* workers waiting on `wake` */
     fr_task_fn fn;
     void *ctx;
@@ -139,11 +139,11 @@ static void fr_blas_release(void)
  * training step far slower than its peers: README, performance notes). */
 /* Waits that outlasted the spinning and slept: a partner that keeps arriving late at a
  * barrier has lost its core to another process (the units split reads this). */
-static long fr_slept_waits = 0;
+static ptrdiff_t fr_slept_waits = 0;
 
 static void fr_wait_while(int *word, int value, int *sleepers)
 {
-    for (long i = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) == value; i++) {
+    for (ptrdiff_t i = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) == value; i++) {
         if (i < FR_BARRIER_SPINS) {
             fr_pause();
         } else {
@@ -195,7 +195,7 @@ FR_THREAD_FN(fr_worker)
     unsigned seen = (unsigned)((uintptr_t)arg >> 16);
     for (;;) {
         unsigned g;
-        long i = 0, spins = FR_IDLE_SPINS;
+        ptrdiff_t i = 0, spins = FR_IDLE_SPINS;
         while ((g = __atomic_load_n(&fr_pool.gen, __ATOMIC_ACQUIRE)) == seen) {
             if (++i < spins) {
                 fr_pause();
@@ -258,7 +258,7 @@ static int fr_pool_warm(void)
 
 /* Wake the sleeping workers without a task: they spin `spins` pause loops (at least
  * FR_IDLE_SPINS), so that a call that comes within that time finds them awake. */
-static void fr_pool_nudge(long spins)
+static void fr_pool_nudge(ptrdiff_t spins)
 {
     fr_mutex_lock(&fr_pool.lock);
     fr_pool.nudge++;
@@ -279,7 +279,7 @@ static void fr_pool_nudge(long spins)
  * holds it with fr_pool_hold_blas once it knows (its plan depends on the thread count),
  * and a call that never calls BLAS leaves the count alone, so that the limits other
  * threads set meanwhile (threadpoolctl) are theirs to keep. */
-static int fr_pool_begin(int want, long warm_spins, int *held)
+static int fr_pool_begin(int want, ptrdiff_t warm_spins, int *held)
 {
     *held = 0;
     if (want > fr_threads_cap)
@@ -366,10 +366,11 @@ static void fr_pool_run(fr_task_fn fn, void *ctx, int nth)
 }
 
 /* [lo, hi) of n items for thread tid of nth, in multiples of `align` but the last. */
-static inline void fr_split(long n, long align, int tid, int nth, long *lo, long *hi)
+static inline void fr_split(ptrdiff_t n, ptrdiff_t align, int tid, int nth, ptrdiff_t *lo,
+                            ptrdiff_t *hi)
 {
-    long units = (n + align - 1) / align;
-    long a = units * tid / nth, b = units * (tid + 1) / nth;
+    ptrdiff_t units = (n + align - 1) / align;
+    ptrdiff_t a = units * tid / nth, b = units * (tid + 1) / nth;
     *lo = a * align < n ? a * align : n;
     *hi = b * align < n ? b * align : n;
 }

@@ -14,7 +14,7 @@ cdef inline void sync(int tid, int nth) noexcept nogil:
 cdef inline void colsum_add(int tid, int nth, Py_ssize_t rows, Py_ssize_t cols,
                             const floating *a, Py_ssize_t lda, floating *out) noexcept nogil:
     """out[j] += a[:rows, j].sum() for this thread's columns j of [0, cols)."""
-    cdef long lo, hi
+    cdef Py_ssize_t lo, hi
     cdef Py_ssize_t r, j
     fr_split(cols, 16, tid, nth, &lo, &hi)
     for r in range(rows):

@@ -2,7 +2,7 @@
  * every FR_POLL_SECONDS of work, and when one raises (KeyboardInterrupt), the call's
  * loops stop at their next step and the call raises what the handler raised.
  *
- * Each call has a stop word (LONG_MAX while it runs on): a loop stops before its step i
+ * Each call has a stop word (PTRDIFF_MAX while it runs on): a loop stops before its step i
  * (counted from 0 in the order it visits them) once i >= *stop. The thread that sees the
  * signal sets the word to `stamp`: 0 where the threads do not meet between steps (each
  * stops at once), i + 1 where they meet at every step (the units split): every thread
@@ -20,14 +20,15 @@
 #define FASTRNN_STOP_H
 
 #include <limits.h>
+#include <stdint.h>
 
 #include "_os.h"
 
 /* A call's stop word, alone on its cache line: every thread reads it at every step, and
  * beside the caller's other locals the line travelled between the cores at each one. */
 typedef struct {
-    _Alignas(64) volatile long word;
-    char rest_of_line[64 - sizeof(long)];
+    _Alignas(64) volatile ptrdiff_t word;
+    char rest_of_line[64 - sizeof(ptrdiff_t)];
 } fr_stop_word;
 
 #define FR_POLL_SECONDS 0.01
@@ -42,7 +43,7 @@ static int (*fr_signal_poll)(void) = NULL;
 static _Thread_local int fr_polls;     /* this thread polls (the calling thread of a call) */
 static _Thread_local double fr_poll_last;
 
-static void fr_poll_now(volatile long *stop, long stamp)
+static void fr_poll_now(volatile ptrdiff_t *stop, ptrdiff_t stamp)
 {
     double now = fr_monotonic();
     if (fr_poll_last == 0.0)
@@ -55,7 +56,7 @@ static void fr_poll_now(volatile long *stop, long stamp)
 }
 
 /* Whether a loop should stop before its step i; stop NULL: never. */
-static inline int fr_stop_before(volatile long *stop, long i, long stamp)
+static inline int fr_stop_before(volatile ptrdiff_t *stop, ptrdiff_t i, ptrdiff_t stamp)
 {
     if (!stop)
         return 0;
@@ -66,13 +67,13 @@ static inline int fr_stop_before(volatile long *stop, long i, long stamp)
 
 /* Whether the call has stopped, polling first if it is time: between the blocks of the
  * merged GEMMs after the loops, where the threads do not meet. */
-static inline int fr_stop_poll(volatile long *stop)
+static inline int fr_stop_poll(volatile ptrdiff_t *stop)
 {
     if (!stop)
         return 0;
     if (fr_polls)
         fr_poll_now(stop, 0);
-    return *stop != LONG_MAX;
+    return *stop != PTRDIFF_MAX;
 }
 
 /* Around a call on the calling thread: whether it polls; its clock starts at the first

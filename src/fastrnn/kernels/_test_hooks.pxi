@@ -12,13 +12,13 @@ def _rows_contiguous(*arrays):
 
 
 def _kernel_gemm(const float[:, :] a, const float[:, :] w, bint trans, float[:, :] c,
-                 bint accumulate=False, long p0=0, long p1=-1):
+                 bint accumulate=False, Py_ssize_t p0=0, Py_ssize_t p1=-1):
     """C[:, panels p0..p1) = A @ op(W) [+ C] on the packed kernel (op(W) = W^T if trans):
     W packed with fr_pack_panels, then fr_gemm_panels."""
     import numpy as np
     _rows_contiguous(a, w, c)
-    cdef long m = a.shape[0], k = a.shape[1]
-    cdef long n = w.shape[0] if trans else w.shape[1]
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    cdef Py_ssize_t n = w.shape[0] if trans else w.shape[1]
     if (w.shape[1] if trans else w.shape[0]) != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("shapes do not match")
     cdef float[::1] packed = np.zeros(max(1, fr_packed_size(n, k)), np.float32)
@@ -30,11 +30,11 @@ def _kernel_gemm(const float[:, :] a, const float[:, :] w, bint trans, float[:, 
 
 
 def _kernel_few(const float[:, :] a, const float[:, :] w, float[:, :] c,
-                bint accumulate=False, long j0=0, long j1=-1):
+                bint accumulate=False, Py_ssize_t j0=0, Py_ssize_t j1=-1):
     """C[:, j0:j1) = A @ W^T [+ C] on the few-rows kernel (fr_few), W (n x k) read in
     place."""
     _rows_contiguous(a, w, c)
-    cdef long m = a.shape[0], k = a.shape[1], n = w.shape[0]
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = w.shape[0]
     if w.shape[1] != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("shapes do not match")
     if j1 < 0:
@@ -48,11 +48,11 @@ def _kernel_few(const float[:, :] a, const float[:, :] w, float[:, :] c,
 
 
 def _kernel_few_nn(const float[:, :] a, const float[:, :] w, float[:, :] c,
-                   bint accumulate=False, long j0=0, long j1=-1):
+                   bint accumulate=False, Py_ssize_t j0=0, Py_ssize_t j1=-1):
     """C[:, j0:j1) = A @ W[:, j0:j1) [+ C] on the few-rows kernel for a weight not
     transposed (fr_few_nn), W (k x n) read in place."""
     _rows_contiguous(a, w, c)
-    cdef long m = a.shape[0], k = a.shape[1], n = w.shape[1]
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = w.shape[1]
     if w.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("shapes do not match")
     if j1 < 0:
@@ -70,7 +70,7 @@ def _kernel_gemm_tn(const float[:, :] a, const float[:, :] b, float[:, :] c,
     """C = A^T B [+ C], A stored K x m, B K x n, on fr_gemm_tn."""
     import numpy as np
     _rows_contiguous(a, b, c)
-    cdef long K = a.shape[0], m = a.shape[1], n = b.shape[1]
+    cdef Py_ssize_t K = a.shape[0], m = a.shape[1], n = b.shape[1]
     if b.shape[0] != K or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("shapes do not match")
     cdef float[::1] bpack = np.zeros(fr_packed_size(n, FR_KC), np.float32)
@@ -78,14 +78,14 @@ def _kernel_gemm_tn(const float[:, :] a, const float[:, :] b, float[:, :] c,
                c.strides[0] // 4, accumulate, &bpack[0])
 
 
-def _kernel_cell(int mode, bint vector, long n, float[::1] a, const float[::1] gh,
+def _kernel_cell(int mode, bint vector, Py_ssize_t n, float[::1] a, const float[::1] gh,
                  const float[::1] bias, const float[::1] bhn, const float[::1] hp,
                  float[::1] c, float[::1] o, bint training=True):
     """Units [0, n) of one row of the cell of `mode` (0 tanh, 1 relu, 2 LSTM, 3 GRU with
     the reset gate after W_hn; H = len(hp)), in place as the loops call it: the table's
     vector cell (vector) or _cellmath_rows.h's row. a holds the projection on entry and
     the activations on exit (the vector cell in inference: untouched); o the new state."""
-    cdef long H = hp.shape[0]
+    cdef Py_ssize_t H = hp.shape[0]
     if mode <= MODE_RNN_RELU:
         if vector:
             fr_rnn_row_v(mode == MODE_RNN_RELU, n, &a[0], &gh[0], &bias[0], &o[0])

@@ -87,6 +87,6 @@ int main(void)
         }
         nap(5000000); /* the workers go to sleep between calls */
     }
-    printf("pool: ok (%s; %ld waits slept)\n", FR_SLEEP_KIND, fr_slept_waits);
+    printf("pool: ok (%s; %ld waits slept)\n", FR_SLEEP_KIND, (long)fr_slept_waits);
     return fr_slept_waits > 0 ? 0 : 2;
 }

@@ -12,12 +12,12 @@
 #define frv __m256
 
 /* lanes [0, n) set */
-static inline __m256i fr_mask_avx2(long n)
+static inline __m256i fr_mask_avx2(ptrdiff_t n)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-static inline __m256 fr_load_n_avx2(const float *p, long n)
+static inline __m256 fr_load_n_avx2(const float *p, ptrdiff_t n)
 {
     if (n >= 8)
         return _mm256_loadu_ps(p);
@@ -25,7 +25,7 @@ static inline __m256 fr_load_n_avx2(const float *p, long n)
 }
 
 /* a masked store is slow on some AMD cores (microcoded): only for the tail */
-static inline void fr_store_n_avx2(float *p, long n, __m256 v)
+static inline void fr_store_n_avx2(float *p, ptrdiff_t n, __m256 v)
 {
     if (n >= 8)
         _mm256_storeu_ps(p, v);
@@ -66,7 +66,7 @@ static inline float fr_hsum_avx2(__m256 v)
                          _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)))
 
 /* dst[i * ldd + j] = src[j * lds + i] for i, j < 8 */
-static inline void fr_transpose_avx2(const float *src, long lds, float *dst, long ldd)
+static inline void fr_transpose_avx2(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd)
 {
     __m256 r[8], t[8];
     for (int j = 0; j < 8; j++)

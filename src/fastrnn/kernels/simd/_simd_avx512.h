@@ -29,7 +29,7 @@
 #define FRV_LDEXP_OVERFLOWS 1
 #define frv __m512
 
-static inline __mmask16 fr_mask_avx512(long left)
+static inline __mmask16 fr_mask_avx512(ptrdiff_t left)
 {
     return left >= 16 ? (__mmask16)0xFFFF
                       : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
@@ -63,7 +63,7 @@ static inline __mmask16 fr_mask_avx512(long left)
 
 /* dst[i * ldd + j] = src[j * lds + i] for i, j < 16: pairs of rows interleaved, then
  * pairs of pairs, then 128-bit lanes */
-static inline void fr_transpose_avx512(const float *src, long lds, float *dst, long ldd)
+static inline void fr_transpose_avx512(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd)
 {
     __m512 r[16], t[16];
     for (int j = 0; j < 16; j++)

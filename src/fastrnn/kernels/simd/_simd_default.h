@@ -23,22 +23,22 @@ static inline fr_v4f fr_load_default(const float *p)
     return v;
 }
 static inline void fr_store_default(float *p, fr_v4f v) { memcpy(p, &v, sizeof v); }
-static inline fr_v4f fr_load_n_default(const float *p, long n)
+static inline fr_v4f fr_load_n_default(const float *p, ptrdiff_t n)
 {
     if (n >= 4)
         return fr_load_default(p);
     fr_v4f v = {0, 0, 0, 0};
-    for (long i = 0; i < n; i++)
+    for (ptrdiff_t i = 0; i < n; i++)
         v[i] = p[i];
     return v;
 }
-static inline void fr_store_n_default(float *p, long n, fr_v4f v)
+static inline void fr_store_n_default(float *p, ptrdiff_t n, fr_v4f v)
 {
     if (n >= 4) {
         fr_store_default(p, v);
         return;
     }
-    for (long i = 0; i < n; i++)
+    for (ptrdiff_t i = 0; i < n; i++)
         p[i] = v[i];
 }
 /* m ? x : y for a mask of all-ones or all-zeros lanes */
@@ -60,7 +60,7 @@ static inline fr_v4f fr_ldexp_default(fr_v4f p, fr_v4f n)
     fr_v4i bits = (__builtin_convertvector(n, fr_v4i) + 127) << 23;
     return p * (fr_v4f)bits;
 }
-static inline void fr_transpose_default(const float *src, long lds, float *dst, long ldd)
+static inline void fr_transpose_default(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd)
 {
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++)
