@@ -92,6 +92,17 @@ skip_no_compiled = pytest.mark.skipif(
 
 BACKENDS = ["reference", pytest.param("compiled", marks=skip_no_compiled)]
 
+# .ci/aarch64 runs the tests in qemu-aarch64 (user-mode emulation) and sets
+# FASTRNN_EMULATED=1. There the code runs ten times slower than natively or more, and qemu
+# has bugs of its own: the few tests that measure time against native speeds, or fork a
+# process with threads, skip there (each says why).
+EMULATED = os.environ.get("FASTRNN_EMULATED") == "1"
+
+
+def skip_emulated(reason):
+    return pytest.mark.skipif(EMULATED,
+                              reason=f"under emulation (FASTRNN_EMULATED=1), {reason}")
+
 
 # ---- hypothesis profiles
 # The suite's runs (CI's included) use "ci": few examples, no deadline (a call's first run

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import CELLS, H, I, assert_close, skip_no_compiled
+from conftest import CELLS, H, I, assert_close, skip_emulated, skip_no_compiled
 
 pytestmark = skip_no_compiled
 
@@ -355,6 +355,8 @@ def test_units_split_pauses_when_its_threads_keep_waiting(monkeypatch):
         _kernels.resume_split()
 
 
+@skip_emulated("a call takes ten times longer or more, and the workers' spin after it "
+               "(about 0.6 ms natively) is shorter, so that no call finds them awake")
 def test_batch_of_one_takes_threads_only_while_the_workers_are_awake(monkeypatch):
     """A batch of one sequence finding the workers asleep runs on one thread and wakes
     them; calls right after find them awake (once they are up) and take two; the same
@@ -535,6 +537,10 @@ needs_fork = pytest.mark.skipif(
     sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods()
     or "jax" in sys.modules,
     reason="no fork on this platform, or JAX's threads are running")
+# qemu-user (7.2, Debian 12's) aborts a child forked from a process with threads as soon
+# as the child starts a thread of its own, whatever the program
+skips_fork_in_qemu = skip_emulated("qemu-user aborts a forked child of a process with "
+                                   "threads when the child starts one")
 
 
 def _child_call():
@@ -544,6 +550,7 @@ def _child_call():
 
 
 @needs_fork
+@skips_fork_in_qemu
 def test_fork_after_threaded_call(force_threads):
     """A child forked after threaded calls in the parent (the pool's workers exist) runs
     threaded calls of its own and gets the parent's results; a deadlock fails the test."""
@@ -568,6 +575,7 @@ def _blas_and_threads_after_call():
 
 
 @needs_fork
+@skips_fork_in_qemu
 def test_fork_while_another_thread_holds_the_pool(force_threads):
     """Children forked while another Python thread of the parent is inside threaded calls
     (so the pool is held and scipy's OpenBLAS set to one thread) do not deadlock, get the

@@ -476,6 +476,7 @@ def test_fma_peak_and_its_share(monkeypatch, restore_threads):
     assert code == 0 and row[9] == f"{float(row[6]) / 25.0:.0%}"
 
 
+@pytest.mark.skipif(not X86_64, reason="x86-64 instruction-set caps (OpenBLAS's x86 kernels)")
 def test_cpu_capability_runs_the_bench_in_a_child(tmp_path):
     path = tmp_path / "bench.json"
     args = ["--quick", *TINY[2:], "--shapes", "3x2x2", "--cells", "rnn", "--pass",

@@ -166,11 +166,16 @@ static inline void fr_sleep_after_fork(void)
 }
 #endif
 
-/* A pause in a spin loop. */
+/* One pause loop of the pool's spins: PAUSE on x86 waits tens of cycles. On aarch64, ISB,
+ * which stalls about as long (Rust's spin-loop hint is the same); YIELD is a no-op on
+ * cores without SMT, nearly all, and an empty loop ran the spins out many times sooner
+ * than on x86, so that workers slept before the next call came. */
 static inline void fr_pause(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("isb" ::: "memory");
 #endif
 }
 
