@@ -126,6 +126,7 @@ def test_how_few_rows_grows_with_the_weights(monkeypatch):
     assert _kernels.few_rows_max(1) == 4
     assert _kernels.few_rows_max(1 << 16) == 8
     assert _kernels.few_rows_max(4 * 512 * 1024) == 16
+    assert max(rows for _, rows in _kernels.FEW_ROWS_BY_WEIGHTS) == _kernels.few_rows_top()
     monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 0)
     assert _kernels.few_rows_max(4 * 512 * 1024) == 0
 
