@@ -9,7 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest.importorskip("build", reason="building the sdist needs the 'build' package")
+build = pytest.importorskip("build", reason="building the sdist needs the 'build' package")
+if getattr(build, "__file__", None) is None:
+    # a namespace package: setuptools' build/ folder in the working directory, not pypa's build
+    pytest.skip("building the sdist needs the 'build' package", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest.importorskip("build", reason="building the wheel needs the 'build' package")
+build = pytest.importorskip("build", reason="building the wheel needs the 'build' package")
+if getattr(build, "__file__", None) is None:
+    # a namespace package: setuptools' build/ folder in the working directory, not pypa's build
+    pytest.skip("building the wheel needs the 'build' package", allow_module_level=True)
 if not sys.platform.startswith("linux") or shutil.which("readelf") is None:
     pytest.skip("the ELF checks need Linux and readelf", allow_module_level=True)
 

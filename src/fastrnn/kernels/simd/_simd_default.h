@@ -1,7 +1,7 @@
 /* The vector operations of the kernels in portable C: GCC/Clang vector extensions of 4
  * floats, which become SSE2 on x86-64 and NEON on aarch64 with the compiler's baseline
- * flags (a multiply-add contracts to an FMA where the target has one). The vocabulary
- * is listed in _simd_avx512.h. */
+ * flags (on aarch64 a multiply-add is NEON's fused one). The vocabulary is listed in
+ * _simd_avx512.h. */
 #define FRV_SUFFIX default
 #define FRV_N 4
 #define FRV_NV 2 /* panel of 8 floats; a 6 x 2 block: 12 accumulators (16 registers on
@@ -10,6 +10,10 @@
 #define FRV_CHAINS 8
 #define FRV_FEW_MR 2 /* 2 rows x 4 weight rows: 8 accumulators */
 #define FRV_LDEXP_OVERFLOWS 0 /* 2^n built in the exponent bits: n <= 127 */
+
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
 
 typedef float fr_v4f __attribute__((vector_size(16)));
 typedef int32_t fr_v4i __attribute__((vector_size(16)));
@@ -77,8 +81,18 @@ static inline void fr_transpose_default(const float *src, ptrdiff_t lds, float *
 #define frv_sub(a, b) ((a) - (b))
 #define frv_mul(a, b) ((a) * (b))
 #define frv_div(a, b) ((a) / (b))
+#if defined(__aarch64__) && defined(__ARM_NEON)
+/* Fused in every copy: left to the compiler's contraction, a multiply-add was fused in
+ * one inlined copy of a kernel and not in another (as its vectoriser went, with -fwrapv
+ * say), and a row's result differed with the number of rows in its call. */
+#define frv_fma(a, b, c) \
+    ((fr_v4f)vfmaq_f32((float32x4_t)(c), (float32x4_t)(a), (float32x4_t)(b)))
+#define frv_fnma(a, b, c) \
+    ((fr_v4f)vfmsq_f32((float32x4_t)(c), (float32x4_t)(a), (float32x4_t)(b)))
+#else
 #define frv_fma(a, b, c) ((a) * (b) + (c))
 #define frv_fnma(a, b, c) ((c) - (a) * (b))
+#endif
 #define frv_min fr_min_default
 #define frv_max fr_max_default
 #define frv_abs(a) ((fr_v4f)((fr_v4i)(a) & INT32_MAX))
