@@ -121,3 +121,20 @@ else:
         "thorough", max_examples=1000, deadline=None,
         suppress_health_check=[HealthCheck.too_slow])
     _hypothesis_settings.load_profile(os.environ.get("FASTRNN_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """A list that receives the loop (_kernels.last_forward_path()) of each forward call,
+    each direction's of forward_both (both directions take the same loop)."""
+    from fastrnn import _kernels
+
+    seen = []
+    for name, directions in (("forward", 1), ("forward_both", 2)):
+        def recording(*args, _fn=getattr(_kernels, name), _directions=directions):
+            res = _fn(*args)
+            seen.extend([_kernels.last_forward_path()] * _directions)
+            return res
+
+        monkeypatch.setattr(_kernels, name, recording)
+    return seen

@@ -36,21 +36,6 @@ def _restore_thread_cap(cpu_capability):
 
 
 @pytest.fixture
-def paths(monkeypatch):
-    """The loop (_kernels.last_forward_path()) of each forward call, each direction's of
-    forward_both."""
-    seen = []
-    for name, directions in (("forward", 1), ("forward_both", 2)):
-        def recording(*args, _fn=getattr(_kernels, name), _directions=directions):
-            res = _fn(*args)
-            seen.extend([_kernels.last_forward_path()] * _directions)
-            return res
-
-        monkeypatch.setattr(_kernels, name, recording)
-    return seen
-
-
-@pytest.fixture
 def up_to_16_rows(monkeypatch):
     """Calls of up to 16 rows take the few-rows loops whatever their weights."""
     monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 16)

@@ -26,21 +26,6 @@ except ImportError:  # not built: skip_no_compiled skips every test
 SEQ1_CELLS = ("tanh", "relu", "lstm", "gru")
 
 
-@pytest.fixture
-def paths(monkeypatch):
-    """A list that receives the loop (_kernels.last_forward_path()) of each forward call,
-    each direction's of forward_both (both directions take the same loop)."""
-    seen = []
-    for name, directions in (("forward", 1), ("forward_both", 2)):
-        def recording(*args, _fn=getattr(_kernels, name), _directions=directions):
-            res = _fn(*args)
-            seen.extend([_kernels.last_forward_path()] * _directions)
-            return res
-
-        monkeypatch.setattr(_kernels, name, recording)
-    return seen
-
-
 @pytest.fixture(autouse=True)
 def _restore_thread_cap(cpu_capability):
     before = _kernels.get_max_threads()
