@@ -111,7 +111,6 @@ def test_how_few_rows_grows_with_the_weights(monkeypatch):
     assert _kernels.few_rows_max(1) == 4
     assert _kernels.few_rows_max(1 << 16) == 8
     assert _kernels.few_rows_max(4 * 512 * 1024) == 16
-    assert max(rows for _, rows in _kernels.FEW_ROWS_BY_WEIGHTS) == _kernels.few_rows_top()
     monkeypatch.setattr(_kernels, "FEW_ROWS_MAX", 0)
     assert _kernels.few_rows_max(4 * 512 * 1024) == 0
 
@@ -171,6 +170,20 @@ def test_which_calls_take_the_few_rows_loop(cell, paths):
     paths.clear()
     _layer(kind, extra, np.float64, "compiled", I=5, H=6)(rng.standard_normal((1, 1, 5)))
     assert paths != ["few rows"]
+
+
+def test_the_most_rows_of_the_table_bound_every_call(paths):
+    """A layer with the largest weights takes the few-rows loop up to the table's most
+    rows (16), and a call of one more row never does."""
+    # 3*256*(256+256) weights: the table's top; small enough a batch for the packed
+    # kernels on every capability
+    layer = fastrnn.GRU(256, 256, seed=0)
+    top = max(rows for _, rows in _kernels.FEW_ROWS_BY_WEIGHTS)
+    rng = np.random.default_rng(0)
+    for B, few in ((top, True), (top + 1, False)):
+        paths.clear()
+        layer(rng.standard_normal((1, B, 256)).astype(np.float32))
+        assert (paths == ["few rows"]) == few, (B, paths)
 
 
 @pytest.mark.parametrize("cell", FEW_CELLS)

@@ -254,15 +254,10 @@ cdef bint _one_thread_packed(bint backward, Py_ssize_t work):
 # is the limit whatever the weights (tests set it; 0: never).
 FEW_ROWS_BY_WEIGHTS = ((1 << 18, 16), (1 << 16, 8), (0, 4))
 FEW_ROWS_MAX = None
-# the most rows of FEW_ROWS_BY_WEIGHTS (a test checks): calls of more are not few, found
+# the most rows of FEW_ROWS_BY_WEIGHTS, taken at import: calls of more are not few, found
 # so without reading the table (a loop in Python: a few tenths of a microsecond a call,
 # a few percent of a call at T=100, B=1, RNN H=32)
-cdef enum:
-    FEW_ROWS_TOP = 16
-
-
-def few_rows_top():
-    return FEW_ROWS_TOP
+cdef Py_ssize_t _few_rows_top = max([rows for _, rows in FEW_ROWS_BY_WEIGHTS])
 
 
 def few_rows_max(Py_ssize_t weights):
@@ -295,7 +290,7 @@ cdef bint _few_rows(bint packed, Cell cell, Py_ssize_t N, Py_ssize_t T, Py_ssize
     sequences of T steps, few enough rows for its weights."""
     if not (packed and P == 0 and cell != GRU_BEFORE and N == T * B and N > 0):
         return False
-    if N > FEW_ROWS_TOP and FEW_ROWS_MAX is None:
+    if N > _few_rows_top and FEW_ROWS_MAX is None:
         return False  # without a look at the table: every call of more rows asks
     return N <= few_rows_max(weights)
 
